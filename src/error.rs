@@ -1,0 +1,173 @@
+//! Error types: [`TaskError`] for one task, [`Error`] for building a pool.
+
+use std::fmt;
+
+/// Why a task did not produce its value.
+///
+/// Every way a task can fail maps to exactly one variant; none of them is ever
+/// raised as a panic in the caller's process.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task's function panicked. The worker (process or thread) survived and
+    /// keeps serving other tasks.
+    #[error("task panicked{}: {message}", fmt_where(.location, .pid))]
+    Panicked {
+        /// The panic message (the `&str`/`String` payload, or a placeholder).
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+        /// Pid of the worker process, `None` on a [`ThreadPool`](crate::ThreadPool).
+        pid: Option<u32>,
+    },
+    /// The worker process running the task died (crash, `abort`, `exit`, or a kill
+    /// from outside). The pool has already started a replacement.
+    #[error("worker process {pid} died while running the task: {}", fmt_exit(.code, .signal))]
+    WorkerDied {
+        /// Pid of the process that died.
+        pid: u32,
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal number, if a signal ended it.
+        signal: Option<i32>,
+    },
+    /// The task was cancelled with [`Task::abort`](crate::Task::abort) before it
+    /// finished.
+    #[error("task was cancelled")]
+    Cancelled,
+    /// The pool was closed ([`shutdown`](crate::ProcessPool::shutdown) or
+    /// [`terminate`](crate::ProcessPool::terminate)) before the task could finish.
+    #[error("the pool is closed")]
+    PoolClosed,
+    /// The argument or the result could not be (de)serialised.
+    #[error("could not {stage}: {message}")]
+    Serialization {
+        /// Which of the four conversions failed.
+        stage: CodecStage,
+        /// The serializer's message.
+        message: String,
+    },
+    /// A message would exceed the pool's maximum frame size
+    /// ([`ProcessPoolBuilder::max_frame_size`](crate::ProcessPoolBuilder::max_frame_size)).
+    #[error("{what} of {size} bytes exceeds the maximum frame size of {max} bytes")]
+    TooLarge {
+        /// `"argument"` or `"result"`.
+        what: &'static str,
+        /// Its encoded size.
+        size: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// The worker broke the wire protocol (sent bytes that are not a valid
+    /// frame). It was killed and replaced.
+    #[error("worker process {pid} broke the protocol: {message}")]
+    Protocol {
+        /// Pid of the offending worker.
+        pid: u32,
+        /// What was wrong.
+        message: String,
+    },
+    /// No worker process could be started to run the task.
+    #[error("could not start a worker process: {0}")]
+    WorkerStart(String),
+    /// The function cannot be sent to a worker process (for example it lives in a
+    /// dynamically loaded library rather than the main executable).
+    #[error("function cannot run in a worker process: {0}")]
+    Unsupported(String),
+}
+
+/// Which conversion of a [`TaskError::Serialization`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecStage {
+    /// Encoding the argument in the caller.
+    EncodeArgument,
+    /// Decoding the argument in the worker.
+    DecodeArgument,
+    /// Encoding the result in the worker.
+    EncodeResult,
+    /// Decoding the result in the caller.
+    DecodeResult,
+}
+
+impl fmt::Display for CodecStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodecStage::EncodeArgument => "encode the argument",
+            CodecStage::DecodeArgument => "decode the argument in the worker",
+            CodecStage::EncodeResult => "encode the result in the worker",
+            CodecStage::DecodeResult => "decode the result",
+        })
+    }
+}
+
+fn fmt_where(location: &Option<String>, pid: &Option<u32>) -> String {
+    let mut s = String::new();
+    if let Some(l) = location {
+        s.push_str(" at ");
+        s.push_str(l);
+    }
+    if let Some(p) = pid {
+        s.push_str(&format!(" in worker process {p}"));
+    }
+    s
+}
+
+fn fmt_exit(code: &Option<i32>, signal: &Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(*sig)),
+        (Some(c), None) => format!("exited with code {c}"),
+        (None, None) => "unknown exit status".to_string(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
+/// Failure to build or start a pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// This process is itself a procpool worker. Creating a process pool here
+    /// would fork-bomb the machine, so it is refused.
+    #[error("cannot create a ProcessPool inside a procpool worker process")]
+    InsideWorker,
+    /// A worker process could not be started.
+    #[error("could not start a worker process: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// A worker started but failed its handshake (it crashed, timed out, or spoke
+    /// garbage).
+    #[error("worker process {pid} failed its handshake: {message}")]
+    Handshake {
+        /// Pid of the worker.
+        pid: u32,
+        /// What went wrong.
+        message: String,
+    },
+    /// The worker is a different build of the program than the parent, so
+    /// functions cannot be named across the two.
+    #[error("worker process {pid} refused work: {message}")]
+    BuildMismatch {
+        /// Pid of the worker.
+        pid: u32,
+        /// The worker's explanation (both build identities).
+        message: String,
+    },
+    /// A thread could not be started.
+    #[error("could not start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// Any other I/O failure while setting up.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,89 @@
+//! Run CPU-heavy functions in a bounded [`ThreadPool`] or a pool of worker
+//! processes ([`ProcessPool`]) and get real futures back.
+//!
+//! Async services must never run CPU-heavy code on the runtime's threads.
+//! procpool takes such a function, runs it in a pool, and hands back a
+//! [`Task`]: a `std::future::Future` you can `.await`, race in `select!`, bound
+//! with `tokio::time::timeout` or stream with `FuturesUnordered`. When the task
+//! is dropped, the work stops: a queued task is removed, and a running process
+//! task has its worker killed and replaced.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use procpool::{ProcessPool, TaskError};
+//!
+//! fn fib(n: u32) -> u64 { if n < 2 { n as u64 } else { fib(n - 1) + fib(n - 2) } }
+//! fn hang(_: ()) { loop { std::thread::sleep(Duration::from_secs(1)); } }
+//!
+//! let pool = ProcessPool::new(2)?;                 // no setup call anywhere
+//! assert_eq!(pool.apply(fib, 25).await?, 75025);
+//!
+//! // A hung task is cut off by a timeout: its worker is killed and replaced.
+//! let late = tokio::time::timeout(Duration::from_millis(200), pool.spawn(hang, ())).await;
+//! assert!(late.is_err());
+//! assert_eq!(pool.apply(fib, 10).await?, 55);      // the pool keeps serving
+//! # Ok(()) }
+//! ```
+//!
+//! # Coming from Python
+//!
+//! | Python (`multiprocessing.Pool` / `concurrent.futures`)        | procpool                                                     |
+//! |---------------------------------------------------------------|--------------------------------------------------------------|
+//! | `Pool(processes=n)` / `ProcessPoolExecutor(max_workers=n)`    | [`ProcessPool::new(n)`](ProcessPool::new), [`ProcessPool::builder`] |
+//! | `multiprocessing.pool.ThreadPool(n)` / `ThreadPoolExecutor(n)`| [`ThreadPool::new(n)`](ThreadPool::new)                      |
+//! | `pool.apply(f, (x,))`                                         | `pool.apply(f, x).await` or [`pool.apply_blocking(f, x)`](ProcessPool::apply_blocking) |
+//! | `pool.apply_async(f, (x,))` / `executor.submit(f, x)`         | [`pool.spawn(f, x)`](ProcessPool::spawn) → [`Task`]          |
+//! | `AsyncResult.get(timeout)` / `Future.result(timeout)`         | `tokio::time::timeout(d, task).await` — and the work stops   |
+//! | `Future.cancel()`                                             | [`task.abort()`](Task::abort) or drop it — works while running too |
+//! | `starmap(f, [(a, b), …])`, `submit(f, a, b)`                  | a tuple argument: `pool.spawn(\|(a, b)\| f(a, b), (a, b))`   |
+//! | `as_completed(futures)`                                       | `FuturesUnordered` of tasks                                  |
+//! | `wait(futures)`                                               | `futures::future::join_all(tasks)`                           |
+//! | `pool.close(); pool.join()` / `executor.shutdown(wait=True)`  | [`pool.shutdown().await`](ProcessPool::shutdown)             |
+//! | `pool.terminate()` / `shutdown(cancel_futures=True)`          | [`pool.terminate()`](ProcessPool::terminate)                 |
+//! | `with Pool() as p:`                                           | drop the last handle: queued work finishes, workers exit     |
+//! | callback / `add_done_callback`                                | `.await` the task, or `tokio::spawn` a block that awaits it  |
+//! | `BrokenProcessPool`, hang on worker death                     | only the affected task fails: [`TaskError::WorkerDied`]       |
+//! | exception in the task                                         | [`TaskError::Panicked`] with message and location            |
+//!
+//! # Cancellation at a glance
+//!
+//! | dropped or aborted while… | `ProcessPool`                           | `ThreadPool`                      |
+//! |---------------------------|-----------------------------------------|-----------------------------------|
+//! | queued                    | never runs                              | never runs                        |
+//! | running                   | worker SIGKILLed, reaped and replaced   | finishes; result discarded        |
+//!
+//! # How a function crosses into a worker process
+//!
+//! A worker is this same executable, re-executed. A link-time constructor
+//! (from the `ctor` crate) sees an environment variable and turns the process
+//! into a worker before `main` starts, so `main` never runs twice and nothing
+//! needs setting up, in tests and examples too. Functions are named by their
+//! offset within the executable, which is why tasks must be plain
+//! `fn(A) -> R` (function items or non-capturing closures) and why the workers
+//! verify they are the same build as the parent.
+//!
+//! # Platforms
+//!
+//! Linux is the tested platform. macOS should build and work (without
+//! `PR_SET_PDEATHSIG`: the lifeline pipe alone ends orphaned workers). Windows
+//! is not supported yet.
+
+#![warn(missing_docs)]
+
+mod error;
+mod func_ref;
+mod panic_info;
+mod pool;
+mod process;
+mod task;
+mod thread_pool;
+mod wire;
+mod worker;
+
+pub use error::{CodecStage, Error, TaskError};
+pub use pool::Pool;
+pub use process::{ProcessPool, ProcessPoolBuilder};
+pub use task::Task;
+pub use thread_pool::{ThreadPool, ThreadPoolBuilder};

@@ -1,0 +1,52 @@
+//! Turning a caught panic into a message and a location.
+//!
+//! `catch_unwind` yields only the payload; the location is known only to the
+//! panic hook. A hook installed once records the location of panics on procpool
+//! threads (pool threads and worker processes) in a thread-local, then defers to
+//! the previous hook so the program's own panic reporting is unchanged.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::sync::Once;
+
+thread_local! {
+    static ON_POOL_THREAD: Cell<bool> = const { Cell::new(false) };
+    static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The panic's message, for `&str` and `String` payloads.
+pub(crate) fn message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any> (a panic payload that is not a string)".to_string()
+    }
+}
+
+/// The location of the last panic caught on this thread, if recorded.
+pub(crate) fn take_location() -> Option<String> {
+    LAST_LOCATION.with(|l| l.borrow_mut().take())
+}
+
+/// Marks the current thread as a procpool thread and installs the hook.
+/// `quiet` suppresses the default report (worker processes: the error reaches
+/// the caller, so printing it in the worker too would only be noise).
+pub(crate) fn install(quiet: bool) {
+    ON_POOL_THREAD.with(|t| t.set(true));
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if ON_POOL_THREAD.with(|t| t.get()) {
+                let loc = info.location().map(|l| l.to_string());
+                LAST_LOCATION.with(|l| *l.borrow_mut() = loc);
+                if quiet {
+                    return;
+                }
+            }
+            previous(info);
+        }));
+    });
+}

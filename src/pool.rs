@@ -1,0 +1,77 @@
+//! [`Pool`]: code that runs on either kind of pool.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{ProcessPool, Task, TaskError, ThreadPool};
+
+/// What [`ProcessPool`] and [`ThreadPool`] have in common, for code generic
+/// over the kind of pool. The bounds are the process pool's (serde), the
+/// stricter of the two.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use procpool::Pool;
+///
+/// fn cube(x: i64) -> i64 { x * x * x }
+///
+/// async fn sum_of_cubes(pool: &impl Pool, n: i64) -> Result<i64, procpool::TaskError> {
+///     let tasks: Vec<_> = (1..=n).map(|i| pool.spawn(cube, i)).collect();
+///     let mut total = 0;
+///     for t in tasks { total += t.await?; }
+///     Ok(total)
+/// }
+///
+/// assert_eq!(sum_of_cubes(&procpool::ThreadPool::new(2)?, 3).await?, 36);
+/// assert_eq!(sum_of_cubes(&procpool::ProcessPool::new(2)?, 3).await?, 36);
+/// # Ok(()) }
+/// ```
+pub trait Pool: Clone + Send + Sync + 'static {
+    /// Runs `f(args)` in the pool; see [`ProcessPool::spawn`].
+    fn spawn<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Runs `f(args)` and blocks until it finishes; see
+    /// [`ProcessPool::apply_blocking`].
+    fn apply_blocking<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        futures::executor::block_on(Pool::spawn(self, f, args))
+    }
+
+    /// Number of workers (processes or threads).
+    fn workers(&self) -> usize;
+}
+
+impl Pool for ProcessPool {
+    fn spawn<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        ProcessPool::spawn(self, f, args)
+    }
+
+    fn workers(&self) -> usize {
+        ProcessPool::workers(self)
+    }
+}
+
+impl Pool for ThreadPool {
+    fn spawn<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        ThreadPool::spawn(self, f, args)
+    }
+
+    fn workers(&self) -> usize {
+        ThreadPool::workers(self)
+    }
+}

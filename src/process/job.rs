@@ -1,0 +1,90 @@
+//! A job on its way to a worker process, and how its raw result reaches the
+//! typed [`Task`](crate::Task).
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::func_ref::FnRef;
+use crate::task::Shared;
+use crate::wire::Status;
+use crate::{CodecStage, TaskError};
+
+/// One call, serialised on the caller's side.
+pub(crate) struct Job {
+    pub(crate) fn_ref: FnRef,
+    pub(crate) args: Vec<u8>,
+    pub(crate) slot: Arc<dyn JobSlot>,
+}
+
+/// The type-erased side of a task that a supervisor completes.
+pub(crate) trait JobSlot: Send + Sync {
+    /// See [`Shared::try_start`].
+    fn try_start(&self, worker: usize) -> bool;
+    /// See [`Shared::is_cancelled`].
+    fn is_cancelled(&self) -> bool;
+    /// Decodes a worker's `RESULT` payload and completes the task.
+    fn deliver(&self, status: Status, payload: &[u8], pid: u32);
+    /// Completes the task with an error.
+    fn fail(&self, error: TaskError);
+}
+
+impl<R: DeserializeOwned + Send> JobSlot for Shared<R> {
+    fn try_start(&self, worker: usize) -> bool {
+        Shared::try_start(self, worker)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        Shared::is_cancelled(self)
+    }
+
+    fn deliver(&self, status: Status, payload: &[u8], pid: u32) {
+        if self.is_cancelled() {
+            return; // nobody wants it: skip decoding
+        }
+        self.complete(decode(status, payload, pid));
+    }
+
+    fn fail(&self, error: TaskError) {
+        self.complete(Err(error));
+    }
+}
+
+fn decode<R: DeserializeOwned>(status: Status, payload: &[u8], pid: u32) -> Result<R, TaskError> {
+    let text = || String::from_utf8_lossy(payload).into_owned();
+    match status {
+        Status::Ok => rmp_serde::from_slice(payload).map_err(|e| TaskError::Serialization {
+            stage: CodecStage::DecodeResult,
+            message: e.to_string(),
+        }),
+        Status::Panicked => {
+            let (message, location) = rmp_serde::from_slice::<(String, Option<String>)>(payload)
+                .unwrap_or_else(|_| ("(undecodable panic message)".into(), None));
+            Err(TaskError::Panicked {
+                message,
+                location,
+                pid: Some(pid),
+            })
+        }
+        Status::DecodeArgument => Err(TaskError::Serialization {
+            stage: CodecStage::DecodeArgument,
+            message: text(),
+        }),
+        Status::EncodeResult => Err(TaskError::Serialization {
+            stage: CodecStage::EncodeResult,
+            message: text(),
+        }),
+        Status::ResultTooLarge => {
+            let word = |i: usize| {
+                payload
+                    .get(i * 8..i * 8 + 8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            };
+            Err(TaskError::TooLarge {
+                what: "result",
+                size: word(0),
+                max: word(1),
+            })
+        }
+    }
+}

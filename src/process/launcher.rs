@@ -1,0 +1,171 @@
+//! How a worker process is started, and which two byte streams it talks over.
+//!
+//! Kept behind one small trait so that workers could later be started
+//! elsewhere (over ssh, by a cluster scheduler) speaking the same protocol.
+//! [`LocalLauncher`] re-executes the current program on this machine.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+
+use rustix::pipe::{pipe_with, PipeFlags};
+
+use crate::worker::{self, Spec};
+
+/// What a launcher needs to start one worker.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchSpec {
+    /// Build identity the worker must match.
+    pub(crate) identity: u64,
+    /// Largest frame either side may send.
+    pub(crate) max_frame: u64,
+}
+
+/// A started worker: the parent's ends of its two streams, and the process.
+pub(crate) struct Launched {
+    /// Jobs go here.
+    pub(crate) to_worker: OwnedFd,
+    /// Results come from here.
+    pub(crate) from_worker: OwnedFd,
+    /// The process itself.
+    pub(crate) process: Box<dyn WorkerProcess>,
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExitInfo {
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+}
+
+/// Control over one started worker process.
+pub(crate) trait WorkerProcess: Send {
+    /// The worker's process id.
+    fn pid(&self) -> u32;
+    /// Sends SIGKILL; harmless if the process already exited.
+    fn kill(&mut self);
+    /// Waits for the process to end and reaps it.
+    fn wait(&mut self) -> io::Result<ExitInfo>;
+}
+
+/// Starts worker processes.
+pub(crate) trait Launcher: Send + Sync {
+    /// Starts one worker. Called from the pool's long-lived supervisor thread.
+    fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched>;
+}
+
+/// Re-executes the current program as a worker on this machine.
+#[derive(Debug, Default)]
+pub(crate) struct LocalLauncher;
+
+/// Bigger pipes mean fewer wake-ups when large arguments or results stream
+/// through (the default is 64 KiB; 1 MiB is the unprivileged maximum).
+#[cfg(target_os = "linux")]
+fn enlarge(fd: &OwnedFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enlarge(_fd: &OwnedFd) {}
+
+fn executable() -> io::Result<std::path::PathBuf> {
+    // On Linux this names the very file this process runs, even if it has been
+    // replaced or deleted on disk since.
+    if cfg!(target_os = "linux") {
+        Ok("/proc/self/exe".into())
+    } else {
+        std::env::current_exe()
+    }
+}
+
+impl Launcher for LocalLauncher {
+    fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched> {
+        // All ends are close-on-exec; only the child's own three are made
+        // inheritable, in the child, so no worker holds another's pipes (which
+        // would keep a dead parent's lifeline open).
+        let (job_r, job_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let (res_r, res_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let (life_r, life_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        enlarge(&job_w);
+        enlarge(&res_w);
+
+        let child_fds = [job_r.as_raw_fd(), res_w.as_raw_fd(), life_r.as_raw_fd()];
+        let env = Spec {
+            input: child_fds[0],
+            output: child_fds[1],
+            lifeline: child_fds[2],
+            identity: spec.identity,
+            max_frame: spec.max_frame,
+        }
+        .to_env();
+
+        let parent = rustix::process::getpid();
+        let mut cmd = Command::new(executable()?);
+        cmd.env(worker::ENV_VAR, env).stdin(Stdio::null());
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe system calls (fcntl, prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in child_fds {
+                    // SAFETY: these descriptors are open: the parent keeps them
+                    // alive until `spawn` returns.
+                    let fd = BorrowedFd::borrow_raw(fd);
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                }
+                #[cfg(target_os = "linux")]
+                {
+                    // Die with the parent even if the lifeline is never read.
+                    // PDEATHSIG fires when the forking *thread* exits, which is
+                    // why workers are only started from the long-lived
+                    // supervisor thread.
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))?;
+                    // The parent may have died before the line above.
+                    if rustix::process::getppid() != Some(parent) {
+                        return Err(io::Error::other("parent exited during worker start"));
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop((job_r, res_w, life_r));
+        Ok(Launched {
+            to_worker: job_w,
+            from_worker: res_r,
+            process: Box::new(LocalProcess {
+                child,
+                _lifeline: life_w,
+            }),
+        })
+    }
+}
+
+struct LocalProcess {
+    child: Child,
+    /// The parent's end of the lifeline: never written, closed when this
+    /// process dies or the worker is reaped.
+    _lifeline: OwnedFd,
+}
+
+impl WorkerProcess for LocalProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        // `Child::kill` does nothing harmful once the child has been reaped,
+        // so the pid can never hit an unrelated process.
+        let _ = self.child.kill();
+    }
+
+    fn wait(&mut self) -> io::Result<ExitInfo> {
+        let status = self.child.wait()?;
+        Ok(ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        })
+    }
+}

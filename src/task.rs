@@ -1,0 +1,295 @@
+//! [`Task`]: the one handle both pools return.
+//!
+//! A task's life is a single atomic state word, so that "cancel" and "finish"
+//! can race without locks and exactly one of them wins:
+//!
+//! ```text
+//!   QUEUED ──try_start(w)──► RUNNING(w) ──complete──► DONE
+//!     │                          │
+//!     └────────cancel────────────┴──────────────────► CANCELLED
+//! ```
+//!
+//! `RUNNING(w)` carries the index of the worker slot that owns the task, so a
+//! cancellation of a running task is routed to exactly that worker's supervisor,
+//! which then kills the worker process (the parent never guesses which process
+//! runs what).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+
+use crate::TaskError;
+
+const QUEUED: usize = 0;
+const RUNNING: usize = 1;
+const DONE: usize = 2;
+const CANCELLED: usize = 3;
+const STATE_BITS: u32 = 2;
+const STATE_MASK: usize = (1 << STATE_BITS) - 1;
+
+/// Told when a task that a worker is running gets cancelled, so the worker can
+/// be stopped.
+pub(crate) trait CancelHook: Send + Sync {
+    /// The task that worker slot `worker` is running was cancelled.
+    fn running_task_cancelled(&self, worker: usize);
+}
+
+/// State shared between a [`Task`] and whoever runs it.
+pub(crate) struct Shared<R> {
+    state: AtomicUsize,
+    waker: AtomicWaker,
+    hook: Option<Arc<dyn CancelHook>>,
+    result: Mutex<Option<Result<R, TaskError>>>,
+}
+
+impl<R> Shared<R> {
+    pub(crate) fn new(hook: Option<Arc<dyn CancelHook>>) -> Self {
+        Shared {
+            state: AtomicUsize::new(QUEUED),
+            waker: AtomicWaker::new(),
+            hook,
+            result: Mutex::new(None),
+        }
+    }
+
+    /// Claims a queued task for worker slot `worker`. Fails if it was cancelled
+    /// (or already claimed), in which case it must not run.
+    pub(crate) fn try_start(&self, worker: usize) -> bool {
+        self.state
+            .compare_exchange(
+                QUEUED,
+                RUNNING | (worker << STATE_BITS),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// True once the task's handle has been dropped or aborted.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CANCELLED
+    }
+
+    /// Delivers the task's outcome. Returns `false` (and drops the value) when
+    /// the task was cancelled first or already finished.
+    pub(crate) fn complete(&self, outcome: Result<R, TaskError>) -> bool {
+        let mut slot = self.result.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current & STATE_MASK == DONE || current == CANCELLED {
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                DONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        *slot = Some(outcome);
+        drop(slot);
+        self.waker.wake();
+        true
+    }
+
+    /// Cancels the task unless it already finished. A queued task will be
+    /// skipped; a running one is reported to the hook of the pool that runs it.
+    pub(crate) fn cancel(&self) {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let state = current & STATE_MASK;
+            if state == DONE || state == CANCELLED {
+                return;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                CANCELLED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        if current & STATE_MASK == RUNNING {
+            if let Some(hook) = &self.hook {
+                hook.running_task_cancelled(current >> STATE_BITS);
+            }
+        }
+        self.waker.wake();
+    }
+
+    fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<R, TaskError>> {
+        if let Some(out) = self.try_take() {
+            return Poll::Ready(out);
+        }
+        self.waker.register(cx.waker());
+        match self.try_take() {
+            Some(out) => Poll::Ready(out),
+            None => Poll::Pending,
+        }
+    }
+
+    fn try_take(&self) -> Option<Result<R, TaskError>> {
+        match self.state.load(Ordering::Acquire) {
+            DONE => Some(
+                self.result
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .expect("procpool::Task polled after it returned its result"),
+            ),
+            CANCELLED => Some(Err(TaskError::Cancelled)),
+            _ => None,
+        }
+    }
+}
+
+/// A handle to a task running in a [`ProcessPool`](crate::ProcessPool) or a
+/// [`ThreadPool`](crate::ThreadPool): a future of the task's result.
+///
+/// `Task<R>` is `Future<Output = Result<R, TaskError>> + Unpin + Send`, so it
+/// can be awaited, raced in `select!`, bounded with `tokio::time::timeout`,
+/// collected with `join_all` or streamed with `FuturesUnordered`. The work
+/// starts when the task is spawned, not when it is first polled.
+///
+/// # Dropping a task cancels it
+///
+/// | the task is…           | `ProcessPool`                                         | `ThreadPool`                              |
+/// |------------------------|-------------------------------------------------------|-------------------------------------------|
+/// | queued                 | removed: it never runs                                 | removed: it never runs                     |
+/// | running                | its worker process is killed (SIGKILL) and replaced   | runs to the end; the result is discarded  |
+/// | finished               | the result is dropped                                 | the result is dropped                     |
+///
+/// A running thread cannot be stopped safely; use a `ProcessPool` when running
+/// work must really stop. To let a task finish while nobody waits for it, call
+/// [`detach`](Task::detach) instead of dropping it.
+///
+/// # Outcomes
+///
+/// * `Ok(value)` — the function returned.
+/// * `Err(TaskError::Panicked { .. })` — it panicked; the worker survives.
+/// * `Err(TaskError::WorkerDied { .. })` — its process crashed, aborted or
+///   exited; a replacement worker is already starting and other tasks are not
+///   affected.
+/// * `Err(TaskError::Cancelled)` — [`abort`](Task::abort) was called.
+/// * `Err(TaskError::PoolClosed)` — the pool was terminated, or shut down before
+///   the task was queued.
+/// * the other [`TaskError`] variants for (de)serialisation and size limits.
+///
+/// Polling a task again after it returned `Ready` panics, like most futures.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = procpool::ProcessPool::new(2)?;
+/// let task: procpool::Task<u64> = pool.spawn(square, 12);
+/// assert_eq!(task.await?, 144);
+///
+/// // Bound it with a timeout: on expiry the task is dropped, which kills its worker.
+/// let r = tokio::time::timeout(std::time::Duration::from_secs(5), pool.spawn(square, 3)).await;
+/// assert_eq!(r?.unwrap(), 9);
+/// # Ok(()) }
+/// ```
+#[must_use = "dropping a Task cancels it; call .detach() to let it run unobserved"]
+pub struct Task<R> {
+    shared: Arc<Shared<R>>,
+    detached: bool,
+}
+
+impl<R> Task<R> {
+    pub(crate) fn new(shared: Arc<Shared<R>>) -> Self {
+        Task {
+            shared,
+            detached: false,
+        }
+    }
+
+    /// A task that has already failed (for example, the pool was closed).
+    pub(crate) fn failed(error: TaskError) -> Self {
+        let shared = Arc::new(Shared::new(None));
+        shared.complete(Err(error));
+        Task::new(shared)
+    }
+
+    /// Lets the task run to completion without anyone waiting for it; its result
+    /// is discarded. Without this, dropping the task cancels it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// fn log_it(line: String) { eprintln!("{line}"); }
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// pool.spawn(log_it, "hello".to_string()).detach();
+    /// # Ok(()) }
+    /// ```
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+
+    /// Cancels the task now, like dropping it, but keeps the handle: awaiting it
+    /// afterwards yields `Err(TaskError::Cancelled)` unless it had already
+    /// finished, in which case the result is still returned.
+    ///
+    /// On a `ProcessPool` a running task's worker is killed and replaced; on a
+    /// `ThreadPool` a running task finishes in the background and its result is
+    /// discarded.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), procpool::Error> {
+    /// fn forever(_: ()) { loop { std::thread::sleep(std::time::Duration::from_secs(1)); } }
+    /// let pool = procpool::ProcessPool::new(1)?;
+    /// let task = pool.spawn(forever, ());
+    /// task.abort();
+    /// assert_eq!(task.await, Err(procpool::TaskError::Cancelled));
+    /// # Ok(()) }
+    /// ```
+    pub fn abort(&self) {
+        self.shared.cancel();
+    }
+
+    /// True once the task has a result (or was cancelled): awaiting it will not
+    /// wait.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.shared.state.load(Ordering::Acquire), DONE | CANCELLED)
+    }
+}
+
+impl<R> Future for Task<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.shared.poll_result(cx)
+    }
+}
+
+impl<R> Drop for Task<R> {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.shared.cancel();
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Task<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.shared.state.load(Ordering::Acquire) & STATE_MASK {
+            QUEUED => "queued",
+            RUNNING => "running",
+            DONE => "finished",
+            _ => "cancelled",
+        };
+        f.debug_struct("Task").field("state", &state).finish()
+    }
+}

@@ -1,0 +1,414 @@
+//! The wire protocol between the parent and a worker process.
+//!
+//! Every message is a frame: a little-endian `u32` body length, then the body.
+//! The first body byte is a tag; integers are little-endian. Frames larger than
+//! the pool's `max_frame_size` are refused before any memory is reserved for
+//! them, so a corrupt length cannot exhaust memory.
+//!
+//! Parent → worker:
+//!
+//! | tag | body                                                   |
+//! |-----|--------------------------------------------------------|
+//! | JOB | `seq u64`, `fn u64`, `trampoline u64`, argument bytes  |
+//! | CANCEL | `seq u64` — skip this job if it has not started     |
+//!
+//! Worker → parent:
+//!
+//! | tag | body                                                                      |
+//! |-----|---------------------------------------------------------------------------|
+//! | HELLO | `pid u32`, `build identity u64`                                         |
+//! | REFUSED | UTF-8 reason; the worker exits                                        |
+//! | RESULT | `seq u64`, `next u64`, `seen u64`, `status u8`, payload                |
+//!
+//! A worker runs its jobs in the order it received them. Each `RESULT` also says
+//! which job it starts next (`next`, 0 = none: it goes idle) and the highest job
+//! sequence number it has read (`seen`). Together these let the parent know at
+//! every moment which single job a worker may be running, even when several jobs
+//! were sent ahead: cancelling that job kills the worker, cancelling any other
+//! sends `CANCEL` and the worker skips it. A kill never lands on the wrong task
+//! and no sent-but-unstarted job is lost.
+
+use std::ops::Range;
+
+/// Parent → worker: run a job.
+pub(crate) const TAG_JOB: u8 = 1;
+/// Parent → worker: skip a job that has not started.
+pub(crate) const TAG_CANCEL: u8 = 2;
+/// Worker → parent: ready, with pid and build identity.
+pub(crate) const TAG_HELLO: u8 = 10;
+/// Worker → parent: refuses to work (build mismatch), then exits.
+pub(crate) const TAG_REFUSED: u8 = 11;
+/// Worker → parent: one job's outcome.
+pub(crate) const TAG_RESULT: u8 = 12;
+
+/// Outcome kinds carried by a `RESULT` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Status {
+    /// Payload: the MessagePack-encoded return value.
+    Ok = 0,
+    /// Payload: MessagePack `(message, Option<location>)`.
+    Panicked = 1,
+    /// Payload: UTF-8 error from decoding the argument.
+    DecodeArgument = 2,
+    /// Payload: UTF-8 error from encoding the result.
+    EncodeResult = 3,
+    /// Payload: `u64` size of the oversized result.
+    ResultTooLarge = 4,
+}
+
+impl Status {
+    fn from_u8(b: u8) -> Option<Status> {
+        Some(match b {
+            0 => Status::Ok,
+            1 => Status::Panicked,
+            2 => Status::DecodeArgument,
+            3 => Status::EncodeResult,
+            4 => Status::ResultTooLarge,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes of frame header (the length prefix).
+pub(crate) const LEN_PREFIX: usize = 4;
+/// Bytes a `RESULT` body holds before its payload.
+pub(crate) const RESULT_HEADER: usize = 1 + 8 + 8 + 8 + 1;
+/// Bytes a `JOB` body holds before its argument bytes.
+pub(crate) const JOB_HEADER: usize = 1 + 8 + 8 + 8;
+
+/// A frame that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// The declared length is over the limit.
+    TooLarge { len: u64, max: u64 },
+    /// The body does not parse as any message.
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max} bytes")
+            }
+            FrameError::Malformed(what) => write!(f, "malformed frame: {what}"),
+        }
+    }
+}
+
+/// Starts a frame in `out`; finish it with [`end_frame`].
+pub(crate) fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    start
+}
+
+/// Writes the length of the frame begun at `start`. Returns the body length.
+pub(crate) fn end_frame(out: &mut [u8], start: usize) -> usize {
+    let body = out.len() - start - LEN_PREFIX;
+    // Callers check sizes against the frame limit (≤ u32::MAX) beforehand.
+    out[start..start + LEN_PREFIX].copy_from_slice(&(body as u32).to_le_bytes());
+    body
+}
+
+/// Finds the first complete frame in `buf`.
+///
+/// Returns the body's range and the bytes consumed, `Ok(None)` when more bytes
+/// are needed, or an error when the declared length is over `max`.
+pub(crate) fn split_frame(
+    buf: &[u8],
+    max: u64,
+) -> Result<Option<(Range<usize>, usize)>, FrameError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as u64;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let end = LEN_PREFIX + len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((LEN_PREFIX..end, end)))
+}
+
+/// How many bytes the partial frame at the start of `buf` still needs, when its
+/// length prefix is known (used to reserve buffer space once).
+pub(crate) fn missing_bytes(buf: &[u8]) -> Option<usize> {
+    let prefix = buf.get(..LEN_PREFIX)?;
+    let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+    (LEN_PREFIX + len).checked_sub(buf.len())
+}
+
+/// Little-endian cursor over a frame body.
+pub(crate) struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(body: &'a [u8]) -> Self {
+        Cursor { rest: body }
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, FrameError> {
+        let (&b, rest) = self
+            .rest
+            .split_first()
+            .ok_or(FrameError::Malformed("truncated"))?;
+        self.rest = rest;
+        Ok(b)
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        if self.rest.len() < N {
+            return Err(FrameError::Malformed("truncated"));
+        }
+        let (head, rest) = self.rest.split_at(N);
+        self.rest = rest;
+        Ok(head.try_into().expect("length checked"))
+    }
+
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+/// A decoded parent → worker message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ToWorker<'a> {
+    Job {
+        seq: u64,
+        func: u64,
+        trampoline: u64,
+        args: &'a [u8],
+    },
+    Cancel {
+        seq: u64,
+    },
+}
+
+impl<'a> ToWorker<'a> {
+    pub(crate) fn decode(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut c = Cursor::new(body);
+        match c.u8()? {
+            TAG_JOB => Ok(ToWorker::Job {
+                seq: c.u64()?,
+                func: c.u64()?,
+                trampoline: c.u64()?,
+                args: c.rest(),
+            }),
+            TAG_CANCEL => Ok(ToWorker::Cancel { seq: c.u64()? }),
+            _ => Err(FrameError::Malformed("unknown message tag")),
+        }
+    }
+}
+
+/// Appends a `JOB` frame.
+pub(crate) fn encode_job(out: &mut Vec<u8>, seq: u64, func: u64, trampoline: u64, args: &[u8]) {
+    let start = begin_frame(out);
+    out.push(TAG_JOB);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&func.to_le_bytes());
+    out.extend_from_slice(&trampoline.to_le_bytes());
+    out.extend_from_slice(args);
+    end_frame(out, start);
+}
+
+/// Appends a `CANCEL` frame.
+pub(crate) fn encode_cancel(out: &mut Vec<u8>, seq: u64) {
+    let start = begin_frame(out);
+    out.push(TAG_CANCEL);
+    out.extend_from_slice(&seq.to_le_bytes());
+    end_frame(out, start);
+}
+
+/// A decoded worker → parent message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FromWorker<'a> {
+    Hello {
+        pid: u32,
+        identity: u64,
+    },
+    Refused {
+        reason: String,
+    },
+    Result {
+        seq: u64,
+        next: u64,
+        seen: u64,
+        status: Status,
+        payload: &'a [u8],
+    },
+}
+
+impl<'a> FromWorker<'a> {
+    pub(crate) fn decode(body: &'a [u8]) -> Result<Self, FrameError> {
+        let mut c = Cursor::new(body);
+        match c.u8()? {
+            TAG_HELLO => Ok(FromWorker::Hello {
+                pid: c.u32()?,
+                identity: c.u64()?,
+            }),
+            TAG_REFUSED => Ok(FromWorker::Refused {
+                reason: String::from_utf8_lossy(c.rest()).into_owned(),
+            }),
+            TAG_RESULT => {
+                let seq = c.u64()?;
+                let next = c.u64()?;
+                let seen = c.u64()?;
+                let status =
+                    Status::from_u8(c.u8()?).ok_or(FrameError::Malformed("unknown status"))?;
+                Ok(FromWorker::Result {
+                    seq,
+                    next,
+                    seen,
+                    status,
+                    payload: c.rest(),
+                })
+            }
+            _ => Err(FrameError::Malformed("unknown message tag")),
+        }
+    }
+}
+
+/// Appends a `HELLO` frame.
+pub(crate) fn encode_hello(out: &mut Vec<u8>, pid: u32, identity: u64) {
+    let start = begin_frame(out);
+    out.push(TAG_HELLO);
+    out.extend_from_slice(&pid.to_le_bytes());
+    out.extend_from_slice(&identity.to_le_bytes());
+    end_frame(out, start);
+}
+
+/// Appends a `REFUSED` frame.
+pub(crate) fn encode_refused(out: &mut Vec<u8>, reason: &str) {
+    let start = begin_frame(out);
+    out.push(TAG_REFUSED);
+    out.extend_from_slice(reason.as_bytes());
+    end_frame(out, start);
+}
+
+/// Writes a `RESULT` header into `out` (which must be empty) with room for the
+/// payload to be appended; finish with [`finish_result`].
+pub(crate) fn begin_result(out: &mut Vec<u8>, seq: u64, status: Status) {
+    debug_assert!(out.is_empty());
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    out.push(TAG_RESULT);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&[0; 16]); // next, seen: filled in by finish_result
+    out.push(status as u8);
+}
+
+/// Rewrites the status of a result begun with [`begin_result`], dropping any
+/// payload written so far.
+pub(crate) fn reset_result(out: &mut Vec<u8>, status: Status) {
+    out.truncate(LEN_PREFIX + RESULT_HEADER);
+    out[LEN_PREFIX + RESULT_HEADER - 1] = status as u8;
+}
+
+/// Fills in `next`, `seen` and the length of a result begun with [`begin_result`].
+pub(crate) fn finish_result(out: &mut [u8], next: u64, seen: u64) {
+    let base = LEN_PREFIX + 1 + 8;
+    out[base..base + 8].copy_from_slice(&next.to_le_bytes());
+    out[base + 8..base + 16].copy_from_slice(&seen.to_le_bytes());
+    end_frame(out, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_and_cancel_round_trip() {
+        let mut out = Vec::new();
+        encode_job(&mut out, 7, 11, 13, b"args");
+        encode_cancel(&mut out, 9);
+        let (body, used) = split_frame(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            ToWorker::decode(&out[body]).unwrap(),
+            ToWorker::Job {
+                seq: 7,
+                func: 11,
+                trampoline: 13,
+                args: b"args"
+            }
+        );
+        let rest = &out[used..];
+        let (body, used2) = split_frame(rest, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            ToWorker::decode(&rest[body]).unwrap(),
+            ToWorker::Cancel { seq: 9 }
+        );
+        assert_eq!(used2, rest.len());
+    }
+
+    #[test]
+    fn result_round_trip() {
+        let mut out = Vec::new();
+        begin_result(&mut out, 5, Status::Ok);
+        out.extend_from_slice(b"payload");
+        finish_result(&mut out, 6, 8);
+        let (body, _) = split_frame(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            FromWorker::decode(&out[body]).unwrap(),
+            FromWorker::Result {
+                seq: 5,
+                next: 6,
+                seen: 8,
+                status: Status::Ok,
+                payload: b"payload"
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading_the_body() {
+        let buf = 1000u32.to_le_bytes();
+        assert_eq!(
+            split_frame(&buf, 999),
+            Err(FrameError::TooLarge {
+                len: 1000,
+                max: 999
+            })
+        );
+    }
+
+    #[test]
+    fn partial_frames_need_more_bytes() {
+        let mut out = Vec::new();
+        encode_cancel(&mut out, 1);
+        for cut in 0..out.len() {
+            assert_eq!(split_frame(&out[..cut], 100).unwrap(), None);
+        }
+        assert_eq!(missing_bytes(&out[..6]), Some(out.len() - 6));
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors_not_panics() {
+        for body in [
+            &[][..],
+            &[99][..],
+            &[TAG_JOB, 1, 2][..],
+            &[TAG_RESULT; 5][..],
+        ] {
+            assert!(ToWorker::decode(body).is_err() || FromWorker::decode(body).is_err());
+        }
+        let mut bad_status = vec![TAG_RESULT];
+        bad_status.extend_from_slice(&[0; 24]);
+        bad_status.push(200);
+        assert_eq!(
+            FromWorker::decode(&bad_status),
+            Err(FrameError::Malformed("unknown status"))
+        );
+    }
+}

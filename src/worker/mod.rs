@@ -1,0 +1,115 @@
+//! The worker side: the same executable, re-executed, taken over by a
+//! link-time constructor before `main` can run.
+//!
+//! The parent starts a worker with [`ENV_VAR`] set to a [`Spec`]: the descriptor
+//! numbers of its three pipes, the parent's build identity and the frame limit.
+//! The constructor removes the variable (so the task's own child processes do
+//! not become workers), serves jobs until the parent closes the job pipe, and
+//! exits. `main` never runs in a worker.
+
+mod runner;
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Environment variable that turns a process into a worker.
+pub(crate) const ENV_VAR: &str = "PROCPOOL_WORKER";
+
+static IS_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// True inside a worker process. A process pool must not be built here.
+pub(crate) fn is_worker() -> bool {
+    IS_WORKER.load(Ordering::Relaxed)
+}
+
+/// What a worker needs to know, passed in [`ENV_VAR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Spec {
+    /// Jobs arrive here (read end).
+    pub(crate) input: RawFd,
+    /// Results go here (write end).
+    pub(crate) output: RawFd,
+    /// Read end of the lifeline: end of file means the parent is gone.
+    pub(crate) lifeline: RawFd,
+    /// The parent's build identity.
+    pub(crate) identity: u64,
+    /// Largest frame either side may send.
+    pub(crate) max_frame: u64,
+}
+
+impl Spec {
+    pub(crate) fn to_env(&self) -> String {
+        format!(
+            "v1:{}:{}:{}:{:x}:{}",
+            self.input, self.output, self.lifeline, self.identity, self.max_frame
+        )
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Spec> {
+        let mut parts = s.split(':');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let spec = Spec {
+            input: parts.next()?.parse().ok()?,
+            output: parts.next()?.parse().ok()?,
+            lifeline: parts.next()?.parse().ok()?,
+            identity: u64::from_str_radix(parts.next()?, 16).ok()?,
+            max_frame: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(spec)
+    }
+}
+
+// The constructor must survive linking when procpool is a dependency: it lives
+// in this module together with `ensure_linked`, which `ProcessPool::build`
+// calls, so any program that can build a pool also links the worker entry.
+#[ctor::ctor(unsafe)]
+fn worker_entry() {
+    let Some(value) = std::env::var_os(ENV_VAR) else {
+        return;
+    };
+    IS_WORKER.store(true, Ordering::Relaxed);
+    // SAFETY: constructors run before `main`, while the process has a single
+    // thread, so nothing can read the environment concurrently.
+    unsafe { std::env::remove_var(ENV_VAR) };
+    let code = match value.to_str().and_then(Spec::parse) {
+        Some(spec) => runner::serve(spec),
+        None => {
+            eprintln!("procpool: malformed {ENV_VAR} value {value:?}; not a worker");
+            3
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Keeps the worker entry linked into every program that builds a pool.
+pub(crate) fn ensure_linked() {
+    std::hint::black_box(worker_entry as fn());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_and_rejects_garbage() {
+        let spec = Spec {
+            input: 5,
+            output: 7,
+            lifeline: 9,
+            identity: 0xdead_beef,
+            max_frame: 1 << 30,
+        };
+        assert_eq!(Spec::parse(&spec.to_env()), Some(spec));
+        for bad in [
+            "",
+            "v2:1:2:3:4:5",
+            "v1:1:2:3:zz:5",
+            "v1:1:2:3:4:5:6",
+            "v1:1:2",
+        ] {
+            assert_eq!(Spec::parse(bad), None, "{bad}");
+        }
+    }
+}

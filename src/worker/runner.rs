@@ -1,0 +1,244 @@
+//! The worker's job loop.
+//!
+//! Jobs run one at a time, in the order they arrive. Between two jobs the
+//! worker drains its input without blocking, so it learns of cancellations and
+//! new jobs before it names the job it starts next in the result frame it then
+//! writes (see [`crate::wire`] for why that makes cancellation exact).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use rustix::event::{poll, PollFd, PollFlags};
+
+use crate::func_ref::{self, Trampoline};
+use crate::panic_info;
+use crate::wire::{self, FrameError, Status, ToWorker};
+
+use super::Spec;
+
+/// Runs the worker until the parent closes the job pipe. Returns the exit code.
+pub(super) fn serve(spec: Spec) -> i32 {
+    // SAFETY: the parent passed these descriptors to this process for our use
+    // alone (their close-on-exec flag was cleared only for this child).
+    let (input, output, lifeline) = unsafe {
+        (
+            OwnedFd::from_raw_fd(spec.input),
+            File::from_raw_fd(spec.output),
+            OwnedFd::from_raw_fd(spec.lifeline),
+        )
+    };
+    watch_lifeline(lifeline);
+    panic_info::install(true);
+
+    let mut runner = Runner {
+        input,
+        output,
+        inbuf: Vec::with_capacity(64 * 1024),
+        parsed: 0,
+        jobs: VecDeque::new(),
+        seen: 0,
+        max_frame: spec.max_frame,
+        out: Vec::with_capacity(4096),
+    };
+
+    let identity = func_ref::build_identity();
+    if spec.identity != identity {
+        let reason = format!(
+            "worker build identity {identity:016x} differs from the parent's {:016x}: the \
+             worker runs a different build of the program, so functions cannot be named \
+             across the two",
+            spec.identity
+        );
+        wire::encode_refused(&mut runner.out, &reason);
+        let _ = runner.output.write_all(&runner.out);
+        return 2;
+    }
+    wire::encode_hello(&mut runner.out, std::process::id(), identity);
+    if runner.output.write_all(&runner.out).is_err() {
+        return 0;
+    }
+
+    match runner.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("procpool worker {}: {e}", std::process::id());
+            4
+        }
+    }
+}
+
+/// Ends this process as soon as the parent's end of the lifeline closes, which
+/// happens when the parent exits for any reason, SIGKILL included, even while
+/// a task is running.
+fn watch_lifeline(lifeline: OwnedFd) {
+    let watcher = move || {
+        let mut byte = [0u8; 1];
+        loop {
+            match rustix::io::read(&lifeline, &mut byte) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Ok(n) if n > 0 => continue,
+                // End of file or an error: the parent is gone.
+                _ => {
+                    // SAFETY: `_exit` ends the process without running any
+                    // code that could observe half-finished state.
+                    unsafe { libc::_exit(0) }
+                }
+            }
+        }
+    };
+    if std::thread::Builder::new()
+        .name("procpool-lifeline".into())
+        .spawn(watcher)
+        .is_err()
+    {
+        // Without a watcher the worker could outlive its parent: refuse to run.
+        // SAFETY: as above.
+        unsafe { libc::_exit(5) }
+    }
+}
+
+/// A job received but not started: its argument bytes stay in `inbuf`.
+struct JobRef {
+    seq: u64,
+    func: u64,
+    trampoline: u64,
+    frame_start: usize,
+    args: Range<usize>,
+}
+
+struct Runner {
+    input: OwnedFd,
+    output: File,
+    /// Bytes read from the parent; `..parsed` holds whole frames.
+    inbuf: Vec<u8>,
+    parsed: usize,
+    jobs: VecDeque<JobRef>,
+    /// Highest job sequence number read so far.
+    seen: u64,
+    max_frame: u64,
+    /// The result frame being built.
+    out: Vec<u8>,
+}
+
+impl Runner {
+    fn run(&mut self) -> io::Result<()> {
+        rustix::fs::fcntl_setfl(&self.input, rustix::fs::OFlags::NONBLOCK)?;
+        loop {
+            if self.jobs.is_empty() {
+                self.compact();
+                if !self.fill(true)? {
+                    return Ok(()); // the parent closed the job pipe: we are done
+                }
+                continue;
+            }
+            let job = self.jobs.pop_front().expect("not empty");
+            self.out.clear();
+            wire::begin_result(&mut self.out, job.seq, Status::Ok);
+            let args = &self.inbuf[job.args.clone()];
+            // SAFETY: the handshake established that parent and worker run the
+            // same build, and the parent produced both offsets with
+            // `FnRef::new`, which pairs a `fn(A) -> R` with `trampoline::<A, R>`.
+            unsafe {
+                let trampoline =
+                    std::mem::transmute::<usize, Trampoline>(func_ref::to_address(job.trampoline));
+                trampoline(
+                    func_ref::to_address(job.func),
+                    args,
+                    &mut self.out,
+                    self.max_frame,
+                );
+            }
+            // Learn of cancellations and new jobs before naming the next one.
+            let open = self.fill(false)?;
+            let next = self.jobs.front().map_or(0, |j| j.seq);
+            wire::finish_result(&mut self.out, next, self.seen);
+            self.output.write_all(&self.out)?;
+            if self.out.capacity() > 1 << 20 {
+                self.out = Vec::with_capacity(4096);
+            }
+            if !open && self.jobs.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads what is available (waiting for something first when `block`).
+    /// Returns `false` at end of file.
+    fn fill(&mut self, mut block: bool) -> io::Result<bool> {
+        loop {
+            let want = wire::missing_bytes(&self.inbuf[self.parsed..])
+                .filter(|&n| n as u64 <= self.max_frame)
+                .unwrap_or(0)
+                .max(64 * 1024);
+            self.inbuf.reserve(want);
+            match rustix::io::read(&self.input, rustix::buffer::spare_capacity(&mut self.inbuf)) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {
+                    self.parse().map_err(|e| io::Error::other(e.to_string()))?;
+                    block = false;
+                }
+                Err(rustix::io::Errno::AGAIN) if block => {
+                    let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
+                    match poll(&mut fds, None) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(true),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes every complete frame out of `inbuf`.
+    fn parse(&mut self) -> Result<(), FrameError> {
+        while let Some((body, used)) =
+            wire::split_frame(&self.inbuf[self.parsed..], self.max_frame)?
+        {
+            let frame_start = self.parsed;
+            let body = frame_start + body.start..frame_start + body.end;
+            match ToWorker::decode(&self.inbuf[body.clone()])? {
+                ToWorker::Job {
+                    seq,
+                    func,
+                    trampoline,
+                    args,
+                } => {
+                    let args_start = body.end - args.len();
+                    self.seen = self.seen.max(seq);
+                    self.jobs.push_back(JobRef {
+                        seq,
+                        func,
+                        trampoline,
+                        frame_start,
+                        args: args_start..body.end,
+                    });
+                }
+                ToWorker::Cancel { seq } => self.jobs.retain(|j| j.seq != seq),
+            }
+            self.parsed += used;
+        }
+        Ok(())
+    }
+
+    /// Drops consumed bytes from the front of `inbuf` when that is cheap.
+    fn compact(&mut self) {
+        let keep_from = self.jobs.front().map_or(self.parsed, |j| j.frame_start);
+        if keep_from == 0 || (keep_from < self.inbuf.len() / 2 && !self.jobs.is_empty()) {
+            return;
+        }
+        self.inbuf.drain(..keep_from);
+        self.parsed -= keep_from;
+        for job in &mut self.jobs {
+            job.frame_start -= keep_from;
+            job.args = job.args.start - keep_from..job.args.end - keep_from;
+        }
+        if self.inbuf.capacity() > 4 << 20 && self.inbuf.len() < 64 * 1024 {
+            self.inbuf.shrink_to(64 * 1024);
+        }
+    }
+}
