@@ -258,11 +258,13 @@ impl Worker {
             if !queue_open && inflight.is_empty() && !writing {
                 break Stop::Drained;
             }
-            // Send ahead only when the queue holds more than the pool can start
-            // at once, so pipelining never leaves another worker idle.
-            let take = queue_open
-                && (inflight.is_empty()
-                    || (inflight.len() < depth && ctx.queue.len() >= ctx.config.workers));
+            // Send ahead only while the backlog is deep (at least two waiting
+            // tasks per worker), so pipelining never leaves another worker idle
+            // or strands a burst of tasks behind a long one.
+            let deep = |inflight: &VecDeque<InFlight>| {
+                inflight.len() < depth && ctx.queue.len() >= 2 * ctx.config.workers
+            };
+            let take = queue_open && (inflight.is_empty() || deep(&inflight));
             let want = wire::missing_bytes(&self.inbuf)
                 .filter(|&n| n as u64 <= max)
                 .unwrap_or(0)
@@ -314,7 +316,7 @@ impl Worker {
                         if job.slot.try_start(idx) {
                             send(job, &mut out, &mut inflight);
                         }
-                        while inflight.len() < depth && ctx.queue.len() >= ctx.config.workers {
+                        while deep(&inflight) {
                             let Ok(job) = ctx.queue.try_recv() else { break };
                             if job.slot.try_start(idx) {
                                 send(job, &mut out, &mut inflight);
