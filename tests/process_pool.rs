@@ -406,7 +406,7 @@ async fn frames_over_the_maximum_are_errors_not_aborts() {
 fn a_worker_of_another_build_refuses_work() {
     let err = ProcessPool::builder()
         .workers(1)
-        .build_identity_for_testing(0x0bad_1d)
+        .build_identity_for_testing(0xdead_beef)
         .build()
         .unwrap_err();
     match err {
