@@ -74,6 +74,7 @@
 
 mod error;
 mod func_ref;
+mod map;
 mod panic_info;
 mod pool;
 mod process;
@@ -83,6 +84,7 @@ mod wire;
 mod worker;
 
 pub use error::{CodecStage, Error, TaskError};
+pub use map::{Map, MapIter};
 pub use pool::Pool;
 pub use process::{ProcessPool, ProcessPoolBuilder};
 pub use task::Task;

@@ -3,6 +3,9 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
+use futures::Stream;
+
+use crate::map::{Map, MapIter, ThreadChunks};
 use crate::task::Shared;
 use crate::{panic_info, Error, Task, TaskError};
 
@@ -164,6 +167,68 @@ impl ThreadPool {
         R: Send + 'static,
     {
         futures::executor::block_on(self.spawn(f, args))
+    }
+
+    /// Maps `f` over `inputs` on the pool's threads, results in input order;
+    /// the same engine as [`ProcessPool::map`](crate::ProcessPool::map) (see
+    /// [`Map`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::TryStreamExt;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = procpool::ThreadPool::new(2)?;
+    /// let v: Vec<u64> = pool.map(square, 0..4).try_collect().await?;
+    /// assert_eq!(v, [0, 1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> Map<A, R>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map_stream(f, futures::stream::iter(inputs))
+    }
+
+    /// Like [`map`](Self::map), results as they complete.
+    pub fn map_unordered<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> Map<A, R>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map(f, inputs).unordered()
+    }
+
+    /// Like [`map`](Self::map), with the inputs coming from a `Stream`.
+    pub fn map_stream<A, R, S>(&self, f: fn(A) -> R, inputs: S) -> Map<A, R>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        S: Stream<Item = A> + Send + 'static,
+    {
+        Map::new(
+            Arc::new(ThreadChunks {
+                pool: self.clone(),
+                f,
+            }),
+            inputs,
+        )
+    }
+
+    /// [`map`](Self::map) as a blocking iterator, for plain threads.
+    pub fn map_blocking<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> MapIter<A, R>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map(f, inputs).blocking()
     }
 
     /// Stops accepting tasks and waits until every queued and running task has

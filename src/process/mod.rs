@@ -13,6 +13,9 @@ use serde::Serialize;
 
 use crate::func_ref::{self, FnRef};
 use crate::task::{CancelHook, Shared};
+use futures::Stream;
+
+use crate::map::{Map, MapIter, ProcessChunks};
 use crate::{wire, worker, CodecStage, Error, Task, TaskError};
 
 use job::Job;
@@ -166,11 +169,23 @@ impl ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.spawn_serialized(f, &args)
+    }
+
+    /// [`spawn`](Self::spawn) with the argument given as anything that
+    /// serialises exactly like an `A` (the map engine passes borrowed slices
+    /// where `A` is a `Vec`).
+    pub(crate) fn spawn_serialized<A, R, T>(&self, f: fn(A) -> R, args: &T) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + ?Sized,
+    {
         let fn_ref = match FnRef::new(f) {
             Ok(r) => r,
             Err(why) => return Task::failed(TaskError::Unsupported(why)),
         };
-        let args = match rmp_serde::to_vec(&args) {
+        let args = match rmp_serde::to_vec(args) {
             Ok(bytes) => bytes,
             Err(e) => {
                 return Task::failed(TaskError::Serialization {
@@ -229,6 +244,81 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         futures::executor::block_on(self.spawn(f, args))
+    }
+
+    /// Maps `f` over `inputs` in the workers; results come in input order
+    /// (Python's `imap`, and `map` once collected). See [`Map`] for laziness,
+    /// chunking, failures and cancellation.
+    ///
+    /// Several arguments per call (Python's `starmap`) travel as a tuple:
+    /// `pool.map(|(m, n)| ackermann(m, n), pairs)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::TryStreamExt;
+    /// fn add((a, b): (u32, u32)) -> u32 { a + b }
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// let sums: Vec<u32> = pool.map(add, vec![(1, 2), (3, 4)]).try_collect().await?;
+    /// assert_eq!(sums, [3, 7]);
+    /// # Ok(()) }
+    /// ```
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> Map<A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map_stream(f, futures::stream::iter(inputs))
+    }
+
+    /// Like [`map`](Self::map), but results come as they complete (Python's
+    /// `imap_unordered` and `as_completed`).
+    pub fn map_unordered<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> Map<A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map(f, inputs).unordered()
+    }
+
+    /// Like [`map`](Self::map), with the inputs coming from a `Stream` (pulled
+    /// only as chunks can be started).
+    pub fn map_stream<A, R, S>(&self, f: fn(A) -> R, inputs: S) -> Map<A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        S: Stream<Item = A> + Send + 'static,
+    {
+        Map::new(
+            Arc::new(ProcessChunks {
+                pool: self.clone(),
+                f,
+            }),
+            inputs,
+        )
+    }
+
+    /// [`map`](Self::map) as a blocking iterator, for plain threads.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// let total: u64 = pool.map_blocking(square, 1..=3).map(Result::unwrap).sum();
+    /// assert_eq!(total, 14);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn map_blocking<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> MapIter<A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map(f, inputs).blocking()
     }
 
     /// Stops accepting tasks, waits until every queued and running task has

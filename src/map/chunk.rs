@@ -1,0 +1,179 @@
+//! Running a chunk of map items as one task, and how the two pools start one.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::func_ref::{self, FnRef};
+use crate::{panic_info, ProcessPool, Task, TaskError, ThreadPool};
+
+/// What a chunk sends back: the values of the items that returned, in order,
+/// and the panics of those that did not.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChunkOutput<R> {
+    pub(crate) values: Vec<R>,
+    pub(crate) panics: Vec<ItemPanic>,
+    /// Time spent running the items, in nanoseconds: feeds the chunk sizer.
+    pub(crate) nanos: u64,
+    /// Pid of the worker process; 0 on a thread pool.
+    pub(crate) pid: u32,
+}
+
+/// One item's panic, by its position in the chunk.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ItemPanic {
+    pub(crate) index: u32,
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+}
+
+impl<R> ChunkOutput<R> {
+    /// The per-item outcomes, in item order.
+    pub(crate) fn into_results(self) -> Vec<Result<R, TaskError>> {
+        let pid = (self.pid != 0).then_some(self.pid);
+        let total = self.values.len() + self.panics.len();
+        let mut values = self.values.into_iter();
+        let mut panics = self.panics.into_iter().peekable();
+        (0..total)
+            .map(|i| match panics.next_if(|p| p.index as usize == i) {
+                Some(p) => Err(TaskError::Panicked {
+                    message: p.message,
+                    location: p.location,
+                    pid,
+                }),
+                None => Ok(values
+                    .next()
+                    .expect("one value per item that did not panic")),
+            })
+            .collect()
+    }
+}
+
+/// Runs `f` over `items`, catching each item's panic on its own so the other
+/// items of the chunk still produce their values.
+pub(crate) fn run_items<A, R>(f: fn(A) -> R, items: Vec<A>, pid: u32) -> ChunkOutput<R> {
+    let started = Instant::now();
+    let mut values = Vec::with_capacity(items.len());
+    let mut panics = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match panic::catch_unwind(AssertUnwindSafe(|| f(item))) {
+            Ok(v) => values.push(v),
+            Err(payload) => {
+                let message = panic_info::message(&*payload);
+                let location = panic_info::take_location();
+                let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                panics.push(ItemPanic {
+                    index: index as u32,
+                    message,
+                    location,
+                });
+            }
+        }
+    }
+    ChunkOutput {
+        values,
+        panics,
+        nanos: started.elapsed().as_nanos() as u64,
+        pid,
+    }
+}
+
+/// The task function a process pool runs for a chunk: the offset of the
+/// user's `fn(A) -> R` and the items.
+fn run_chunk<A, R>((func, items): (u64, Vec<A>)) -> ChunkOutput<R>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: the parent named `func` with `FnRef::new::<A, R>` (see
+    // `ProcessChunks::start`), which pairs it with exactly this instantiation of
+    // `run_chunk`, and the handshake proved this worker is the same build.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func_ref::to_address(func)) };
+    run_items(f, items, std::process::id())
+}
+
+/// Starts chunks on some pool.
+pub(crate) trait ChunkRunner<A, R>: Send + Sync {
+    /// Starts `items` as one task. Returns the items back when a failed chunk
+    /// may be retried in parts (a process chunk whose worker died).
+    fn start(&self, items: Vec<A>) -> (Task<ChunkOutput<R>>, Option<Vec<A>>);
+    /// Number of workers, for sizing.
+    fn workers(&self) -> usize;
+}
+
+/// Chunks on a process pool.
+pub(crate) struct ProcessChunks<A, R> {
+    pub(crate) pool: ProcessPool,
+    pub(crate) f: fn(A) -> R,
+}
+
+impl<A, R> ChunkRunner<A, R> for ProcessChunks<A, R>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn start(&self, items: Vec<A>) -> (Task<ChunkOutput<R>>, Option<Vec<A>>) {
+        let func = match FnRef::new(self.f) {
+            Ok(r) => r.func,
+            Err(why) => return (Task::failed(TaskError::Unsupported(why)), None),
+        };
+        // Serialised from a borrow: the items stay here, ready for a retry.
+        let task = self
+            .pool
+            .spawn_serialized(run_chunk::<A, R>, &(func, items.as_slice()));
+        (task, Some(items))
+    }
+
+    fn workers(&self) -> usize {
+        self.pool.workers()
+    }
+}
+
+/// Chunks on a thread pool: panics are caught per item and a thread cannot
+/// crash alone, so nothing is kept for retries.
+pub(crate) struct ThreadChunks<A, R> {
+    pub(crate) pool: ThreadPool,
+    pub(crate) f: fn(A) -> R,
+}
+
+impl<A, R> ChunkRunner<A, R> for ThreadChunks<A, R>
+where
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    fn start(&self, items: Vec<A>) -> (Task<ChunkOutput<R>>, Option<Vec<A>>) {
+        let f = self.f;
+        (self.pool.spawn_fn(move || run_items(f, items, 0)), None)
+    }
+
+    fn workers(&self) -> usize {
+        self.pool.workers()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn halve(x: u32) -> u32 {
+        assert!(x % 2 == 0, "odd input {x}");
+        x / 2
+    }
+
+    #[test]
+    fn panics_are_attributed_to_their_items() {
+        let out = run_items(halve, vec![2, 3, 4, 5, 6], 0).into_results();
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[0], Ok(1));
+        assert!(
+            matches!(&out[1], Err(TaskError::Panicked { message, .. }) if message == "odd input 3")
+        );
+        assert_eq!(out[2], Ok(2));
+        assert!(
+            matches!(&out[3], Err(TaskError::Panicked { message, .. }) if message == "odd input 5")
+        );
+        assert_eq!(out[4], Ok(3));
+    }
+}
