@@ -29,25 +29,78 @@ pub(crate) struct ItemPanic {
     pub(crate) location: Option<String>,
 }
 
-impl<R> ChunkOutput<R> {
-    /// The per-item outcomes, in item order.
-    pub(crate) fn into_results(self) -> Vec<Result<R, TaskError>> {
-        let pid = (self.pid != 0).then_some(self.pid);
-        let total = self.values.len() + self.panics.len();
-        let mut values = self.values.into_iter();
-        let mut panics = self.panics.into_iter().peekable();
-        (0..total)
-            .map(|i| match panics.next_if(|p| p.index as usize == i) {
-                Some(p) => Err(TaskError::Panicked {
-                    message: p.message,
-                    location: p.location,
-                    pid,
-                }),
-                None => Ok(values
-                    .next()
-                    .expect("one value per item that did not panic")),
-            })
-            .collect()
+/// A run of consecutive results, yielded without copying them into
+/// per-item `Result`s first.
+pub(crate) enum Segment<R> {
+    /// A chunk's output: values in order, with panics at their positions.
+    Output {
+        values: std::vec::IntoIter<R>,
+        panics: std::vec::IntoIter<ItemPanic>,
+        next_panic: Option<ItemPanic>,
+        index: u32,
+        pid: Option<u32>,
+    },
+    /// `remaining` items that all failed with `error`.
+    Failed { error: TaskError, remaining: usize },
+}
+
+impl<R> Segment<R> {
+    pub(crate) fn output(output: ChunkOutput<R>) -> Self {
+        let mut panics = output.panics.into_iter();
+        Segment::Output {
+            values: output.values.into_iter(),
+            next_panic: panics.next(),
+            panics,
+            index: 0,
+            pid: (output.pid != 0).then_some(output.pid),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Segment::Output {
+                values,
+                panics,
+                next_panic,
+                ..
+            } => values.len() + panics.len() + usize::from(next_panic.is_some()),
+            Segment::Failed { remaining, .. } => *remaining,
+        }
+    }
+}
+
+impl<R> Iterator for Segment<R> {
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Segment::Output {
+                values,
+                panics,
+                next_panic,
+                index,
+                pid,
+            } => {
+                let at = *index;
+                *index += 1;
+                if next_panic.as_ref().is_some_and(|p| p.index == at) {
+                    let p = std::mem::replace(next_panic, panics.next()).expect("checked");
+                    return Some(Err(TaskError::Panicked {
+                        message: p.message,
+                        location: p.location,
+                        pid: *pid,
+                    }));
+                }
+                values.next().map(Ok)
+            }
+            Segment::Failed { error, remaining } => {
+                if *remaining == 0 {
+                    return None;
+                }
+                *remaining -= 1;
+                Some(Err(error.clone()))
+            }
+        }
     }
 }
 
@@ -164,7 +217,9 @@ mod tests {
 
     #[test]
     fn panics_are_attributed_to_their_items() {
-        let out = run_items(halve, vec![2, 3, 4, 5, 6], 0).into_results();
+        let segment = Segment::output(run_items(halve, vec![2, 3, 4, 5, 6], 0));
+        assert_eq!(segment.len(), 5);
+        let out: Vec<_> = segment.collect();
         assert_eq!(out.len(), 5);
         assert_eq!(out[0], Ok(1));
         assert!(

@@ -24,7 +24,7 @@ use futures::stream::{FuturesUnordered, Stream, StreamExt};
 
 use crate::{Task, TaskError};
 
-use chunk::ChunkOutput;
+use chunk::{ChunkOutput, Segment};
 pub(crate) use chunk::{ChunkRunner, ProcessChunks, ThreadChunks};
 use sizer::ChunkSizer;
 
@@ -68,7 +68,8 @@ pub struct Map<A, R> {
     running: FuturesUnordered<Piece<A, R>>,
     /// Ordered mode: results of chunks not yet yielded, by chunk number.
     slots: BTreeMap<u64, Slot<R>>,
-    ready: VecDeque<Result<R, TaskError>>,
+    /// Results to yield, front first.
+    ready: VecDeque<Segment<R>>,
     next_chunk: u64,
     next_to_yield: u64,
     ordered: bool,
@@ -78,9 +79,10 @@ pub struct Map<A, R> {
     gathering: Vec<A>,
 }
 
-/// Results of one ordered chunk, by position.
+/// Results of one ordered chunk: its pieces by offset (one piece unless a
+/// failed chunk was retried in parts).
 struct Slot<R> {
-    results: Vec<Option<Result<R, TaskError>>>,
+    pieces: BTreeMap<usize, Segment<R>>,
     missing: usize,
 }
 
@@ -254,7 +256,7 @@ impl<A, R> Map<A, R> {
                 self.slots.insert(
                     chunk,
                     Slot {
-                        results: (0..items.len()).map(|_| None).collect(),
+                        pieces: BTreeMap::new(),
                         missing: items.len(),
                     },
                 );
@@ -269,10 +271,10 @@ impl<A, R> Map<A, R> {
     }
 
     fn finish(&mut self, done: PieceDone<A, R>) {
-        let results = match done.outcome {
+        let segment = match done.outcome {
             Ok(output) => {
                 self.sizer.observe(done.len, output.nanos);
-                output.into_results()
+                Segment::output(output)
             }
             Err(error) => match done.kept {
                 Some(mut items) if items.len() > 1 && retry_in_parts(&error) => {
@@ -282,28 +284,27 @@ impl<A, R> Map<A, R> {
                     self.start(done.chunk, done.offset + half, back);
                     return;
                 }
-                _ => (0..done.len).map(|_| Err(error.clone())).collect(),
+                _ => Segment::Failed {
+                    error,
+                    remaining: done.len,
+                },
             },
         };
         if !self.ordered {
-            self.ready.extend(results);
+            self.ready.push_back(segment);
             return;
         }
         let slot = self
             .slots
             .get_mut(&done.chunk)
             .expect("a running chunk has a slot");
-        for (i, r) in results.into_iter().enumerate() {
-            slot.results[done.offset + i] = Some(r);
-        }
-        slot.missing -= done.len;
+        slot.missing -= segment.len();
+        slot.pieces.insert(done.offset, segment);
         while let Some(head) = self.slots.first_entry() {
             if *head.key() != self.next_to_yield || head.get().missing > 0 {
                 break;
             }
-            let slot = head.remove();
-            self.ready
-                .extend(slot.results.into_iter().map(|r| r.expect("complete")));
+            self.ready.extend(head.remove().pieces.into_values());
             self.next_to_yield += 1;
         }
     }
@@ -326,8 +327,13 @@ impl<A, R> Stream for Map<A, R> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(item) = this.ready.pop_front() {
-                return Poll::Ready(Some(item));
+            while let Some(front) = this.ready.front_mut() {
+                match front.next() {
+                    Some(item) => return Poll::Ready(Some(item)),
+                    None => {
+                        this.ready.pop_front();
+                    }
+                }
             }
             this.fill(cx);
             match this.running.poll_next_unpin(cx) {
@@ -346,7 +352,7 @@ impl<A, R> Stream for Map<A, R> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let held = self.ready.len();
+        let held = self.ready.iter().map(Segment::len).sum();
         match &self.input {
             None if self.running.is_empty() && self.gathering.is_empty() => (held, Some(held)),
             _ => (held, None),
@@ -359,7 +365,7 @@ impl<A, R> std::fmt::Debug for Map<A, R> {
         f.debug_struct("Map")
             .field("ordered", &self.ordered)
             .field("chunks_running", &self.running.len())
-            .field("results_ready", &self.ready.len())
+            .field("results_ready", &self.size_hint().0)
             .field("input_done", &self.input.is_none())
             .finish()
     }

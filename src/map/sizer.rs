@@ -4,7 +4,7 @@
 //! differ in cost (a worker left with a long tail) and delay the first
 //! results. The sizer therefore:
 //!
-//! * starts at one item per chunk and grows (at most doubling per finished
+//! * starts at one item per chunk and grows (at most eightfold per finished
 //!   chunk) toward the size whose run time hits a target of about 20 ms, using
 //!   a moving average of the measured time per item — like joblib's automatic
 //!   batching;
@@ -17,8 +17,11 @@
 
 /// Run time a chunk should take.
 const TARGET_NANOS: f64 = 20e6;
+/// Most a chunk grows per finished chunk: quick to ramp up, yet one
+/// unlucky early measurement cannot jump straight to a huge chunk.
+const GROWTH: usize = 8;
 /// Largest chunk, whatever the measurements say (bounds memory per chunk).
-pub(crate) const MAX_CHUNK: usize = 1 << 16;
+pub(crate) const MAX_CHUNK: usize = 1 << 14;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkSizer {
@@ -67,7 +70,7 @@ impl ChunkSizer {
         };
         self.nanos_per_item = Some(per_item);
         let ideal = (TARGET_NANOS / per_item) as usize;
-        self.size = ideal.clamp(1, (self.size * 2).min(MAX_CHUNK));
+        self.size = ideal.clamp(1, (self.size * GROWTH).min(MAX_CHUNK));
     }
 }
 
@@ -76,7 +79,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grows_while_chunks_are_fast_at_most_doubling() {
+    fn grows_while_chunks_are_fast_but_gradually() {
         let mut s = ChunkSizer::new(2);
         let mut sizes = vec![];
         for _ in 0..20 {
@@ -84,8 +87,8 @@ mod tests {
             sizes.push(n);
             s.observe(n, n as u64 * 100); // 100 ns per item
         }
-        assert_eq!(&sizes[..5], &[1, 2, 4, 8, 16]);
-        assert!(sizes.windows(2).all(|w| w[1] <= w[0] * 2));
+        assert_eq!(&sizes[..4], &[1, 8, 64, 512]);
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0] * GROWTH));
         assert_eq!(*sizes.last().unwrap(), MAX_CHUNK.min(200_000));
     }
 
