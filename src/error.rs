@@ -135,6 +135,18 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// Why [`try_spawn`](crate::ProcessPool::try_spawn) did not queue a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TrySpawnError {
+    /// The queue holds `max_queue` tasks already; try again later, or use
+    /// `spawn_async` to wait for room.
+    #[error("the pool's queue is full")]
+    Full,
+    /// The pool was shut down or terminated.
+    #[error("the pool is closed")]
+    Closed,
+}
+
 /// Failure to build or start a pool.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -162,6 +174,15 @@ pub enum Error {
         /// Pid of the worker.
         pid: u32,
         /// The worker's explanation (both build identities).
+        message: String,
+    },
+    /// The pool's initializer failed (returned an error or panicked) in a new
+    /// worker.
+    #[error("the initializer failed in worker process {pid}: {message}")]
+    Initializer {
+        /// Pid of the worker.
+        pid: u32,
+        /// The initializer's error or panic message.
         message: String,
     },
     /// A thread could not be started.

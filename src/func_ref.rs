@@ -54,6 +54,12 @@ impl FnRef {
     }
 }
 
+/// The offset of any function of the main executable (checked).
+pub(crate) fn offset_of(addr: usize) -> Result<u64, String> {
+    check_in_executable(addr)?;
+    Ok(to_offset(addr))
+}
+
 fn to_offset(addr: usize) -> u64 {
     addr.wrapping_sub(anchor as fn() as usize) as u64
 }
@@ -259,7 +265,7 @@ mod tests {
             let t: Trampoline = std::mem::transmute::<usize, Trampoline>(to_address(r.trampoline));
             t(to_address(r.func), &args, &mut out, u64::MAX);
         }
-        wire::finish_result(&mut out, 0, 1);
+        wire::finish_result(&mut out, 0, 1, 0);
         let (body, _) = wire::split_frame(&out, u64::MAX).unwrap().unwrap();
         match wire::FromWorker::decode(&out[body]).unwrap() {
             wire::FromWorker::Result {

@@ -78,14 +78,16 @@ mod map;
 mod panic_info;
 mod pool;
 mod process;
+mod stats;
 mod task;
 mod thread_pool;
 mod wire;
 mod worker;
 
-pub use error::{CodecStage, Error, TaskError};
+pub use error::{CodecStage, Error, TaskError, TrySpawnError};
 pub use map::{Map, MapIter};
 pub use pool::Pool;
 pub use process::{ProcessPool, ProcessPoolBuilder};
+pub use stats::{PoolStats, Restarts, Summary};
 pub use task::Task;
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};

@@ -1,13 +1,16 @@
 //! [`ThreadPool`]: run functions on a bounded set of threads in this process.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::Stream;
 
 use crate::map::{Map, MapIter, ThreadChunks};
+use crate::stats::{Counters, PoolStats};
 use crate::task::Shared;
-use crate::{panic_info, Error, Task, TaskError};
+use crate::{panic_info, Error, Task, TaskError, TrySpawnError};
 
 /// A queued call: run it (`true`) or fail it because the pool was terminated
 /// (`false`).
@@ -52,6 +55,7 @@ struct Handle {
     queue: async_channel::Receiver<Job>,
     done: async_channel::Receiver<()>,
     threads: usize,
+    counters: Arc<Counters>,
 }
 
 impl Drop for Handle {
@@ -104,13 +108,14 @@ impl ThreadPool {
         self.spawn_fn(move || f(args))
     }
 
-    /// Same as [`spawn`](Self::spawn).
-    pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
+    /// Runs `f(args)` and waits for the result (waiting asynchronously for
+    /// queue room on a bounded pool); dropping the future cancels the task.
+    pub async fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError>
     where
         A: Send + 'static,
         R: Send + 'static,
     {
-        self.spawn(f, args)
+        self.spawn_fn_async(move || f(args)).await.await
     }
 
     /// Runs a closure (which may capture) on a pool thread.
@@ -128,16 +133,105 @@ impl ThreadPool {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        let (job, task) = self.prepare(f);
+        match self.handle.jobs.try_send(job) {
+            Ok(()) => {}
+            // Backpressure for plain threads: wait for room.
+            Err(async_channel::TrySendError::Full(job)) => {
+                if let Err(e) = self.handle.jobs.send_blocking(job) {
+                    (e.into_inner())(false);
+                }
+            }
+            Err(async_channel::TrySendError::Closed(job)) => job(false),
+        }
+        task
+    }
+
+    /// Like [`spawn_fn`](Self::spawn_fn), waiting asynchronously for room when
+    /// the queue is full ([`ThreadPoolBuilder::max_queue`]).
+    pub async fn spawn_fn_async<F, R>(&self, f: F) -> Task<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (job, task) = self.prepare(f);
+        if let Err(e) = self.handle.jobs.send(job).await {
+            (e.into_inner())(false);
+        }
+        task
+    }
+
+    /// Like [`spawn`](Self::spawn), waiting asynchronously for room when the
+    /// queue is full.
+    pub async fn spawn_async<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+    {
+        self.spawn_fn_async(move || f(args)).await
+    }
+
+    /// Like [`spawn`](Self::spawn), but returns an error instead of waiting
+    /// when the queue is full or the pool is closed.
+    ///
+    /// ```
+    /// fn nap(ms: u64) { std::thread::sleep(std::time::Duration::from_millis(ms)) }
+    /// let pool = procpool::ThreadPool::builder().workers(1).max_queue(1).build()?;
+    /// let running = pool.spawn(nap, 300);
+    /// std::thread::sleep(std::time::Duration::from_millis(100)); // let it start
+    /// let queued = pool.try_spawn(nap, 1).expect("one queue place");
+    /// assert_eq!(pool.try_spawn(nap, 1).unwrap_err(), procpool::TrySpawnError::Full);
+    /// # drop((running, queued));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn try_spawn<A, R>(&self, f: fn(A) -> R, args: A) -> Result<Task<R>, TrySpawnError>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+    {
+        let (job, task) = self.prepare(move || f(args));
+        match self.handle.jobs.try_send(job) {
+            Ok(()) => Ok(task),
+            Err(e) => {
+                task.detach();
+                Err(if e.is_full() {
+                    TrySpawnError::Full
+                } else {
+                    TrySpawnError::Closed
+                })
+            }
+        }
+    }
+
+    /// What the pool has done so far (queue length, running, completed,
+    /// failed, run and wait times; no restarts: threads are never replaced).
+    pub fn stats(&self) -> PoolStats {
+        self.handle
+            .counters
+            .snapshot(self.handle.jobs.len(), self.handle.threads)
+    }
+
+    /// Wraps a closure into a queue entry and its task.
+    fn prepare<F, R>(&self, f: F) -> (Job, Task<R>)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let shared = Arc::new(Shared::<R>::new(None));
         let slot = shared.clone();
+        let counters = self.handle.counters.clone();
+        let queued_at = Instant::now();
         let job: Job = Box::new(move |run| {
             if !run {
                 slot.complete(Err(TaskError::PoolClosed));
                 return;
             }
             if !slot.try_start(0) {
+                Counters::bump(&counters.cancelled);
                 return; // dropped while queued: never runs
             }
+            counters.running.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let outcome = match panic::catch_unwind(AssertUnwindSafe(f)) {
                 Ok(value) => Ok(value),
                 Err(payload) => {
@@ -151,12 +245,16 @@ impl ThreadPool {
                     })
                 }
             };
+            counters.running.fetch_sub(1, Ordering::Relaxed);
+            // Count first, so a caller woken by the result sees it counted.
+            if slot.is_cancelled() {
+                Counters::bump(&counters.cancelled); // aborted while it ran
+            } else {
+                counters.finished(outcome.is_ok(), started - queued_at, started.elapsed());
+            }
             slot.complete(outcome);
         });
-        if let Err(e) = self.handle.jobs.try_send(job) {
-            (e.into_inner())(false);
-        }
-        Task::new(shared)
+        (job, Task::new(shared))
     }
 
     /// Runs `f(args)` and blocks this thread until it finishes (for plain
@@ -256,11 +354,17 @@ impl ThreadPool {
 /// let pool = procpool::ThreadPool::builder().workers(2).thread_name("cpu").build()?;
 /// # Ok::<(), procpool::Error>(())
 /// ```
+///
+/// Of the [`ProcessPoolBuilder`](crate::ProcessPoolBuilder) options, `workers`
+/// and `max_queue` apply here too. The others do not: threads share the
+/// process, so there is nothing to initialise per worker, recycle or shrink,
+/// and no frame to bound.
 #[derive(Debug, Clone)]
 pub struct ThreadPoolBuilder {
     threads: usize,
     name: String,
     stack_size: Option<usize>,
+    max_queue: Option<usize>,
 }
 
 impl Default for ThreadPoolBuilder {
@@ -269,6 +373,7 @@ impl Default for ThreadPoolBuilder {
             threads: 0,
             name: "procpool-thread".into(),
             stack_size: None,
+            max_queue: None,
         }
     }
 }
@@ -292,6 +397,14 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// Bounds the number of queued tasks: when full, `spawn` blocks the
+    /// calling thread, `spawn_async` and `apply` wait asynchronously, and
+    /// `try_spawn` returns [`TrySpawnError::Full`]. Default: unbounded.
+    pub fn max_queue(mut self, tasks: usize) -> Self {
+        self.max_queue = Some(tasks.max(1));
+        self
+    }
+
     /// Starts the threads.
     pub fn build(self) -> Result<ThreadPool, Error> {
         let threads = if self.threads == 0 {
@@ -299,7 +412,10 @@ impl ThreadPoolBuilder {
         } else {
             self.threads
         };
-        let (jobs_tx, jobs_rx) = async_channel::unbounded::<Job>();
+        let (jobs_tx, jobs_rx) = match self.max_queue {
+            Some(n) => async_channel::bounded::<Job>(n),
+            None => async_channel::unbounded::<Job>(),
+        };
         let (done_tx, done_rx) = async_channel::bounded::<()>(1);
         for i in 0..threads {
             let jobs = jobs_rx.clone();
@@ -326,6 +442,7 @@ impl ThreadPoolBuilder {
                 queue: jobs_rx,
                 done: done_rx,
                 threads,
+                counters: Arc::new(Counters::default()),
             }),
         })
     }

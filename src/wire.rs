@@ -18,7 +18,9 @@
 //! |-----|---------------------------------------------------------------------------|
 //! | HELLO | `pid u32`, `build identity u64`                                         |
 //! | REFUSED | UTF-8 reason; the worker exits                                        |
-//! | RESULT | `seq u64`, `next u64`, `seen u64`, `status u8`, payload                |
+//! | RESULT | `seq u64`, `next u64`, `seen u64`, `nanos u64`, `status u8`, payload   |
+//!
+//! `nanos` is how long the job ran in the worker (for the pool's statistics).
 //!
 //! A worker runs its jobs in the order it received them. Each `RESULT` also says
 //! which job it starts next (`next`, 0 = none: it goes idle) and the highest job
@@ -73,7 +75,7 @@ impl Status {
 /// Bytes of frame header (the length prefix).
 pub(crate) const LEN_PREFIX: usize = 4;
 /// Bytes a `RESULT` body holds before its payload.
-pub(crate) const RESULT_HEADER: usize = 1 + 8 + 8 + 8 + 1;
+pub(crate) const RESULT_HEADER: usize = 1 + 8 + 8 + 8 + 8 + 1;
 /// Bytes a `JOB` body holds before its argument bytes.
 pub(crate) const JOB_HEADER: usize = 1 + 8 + 8 + 8;
 
@@ -246,6 +248,7 @@ pub(crate) enum FromWorker<'a> {
         seq: u64,
         next: u64,
         seen: u64,
+        nanos: u64,
         status: Status,
         payload: &'a [u8],
     },
@@ -266,12 +269,14 @@ impl<'a> FromWorker<'a> {
                 let seq = c.u64()?;
                 let next = c.u64()?;
                 let seen = c.u64()?;
+                let nanos = c.u64()?;
                 let status =
                     Status::from_u8(c.u8()?).ok_or(FrameError::Malformed("unknown status"))?;
                 Ok(FromWorker::Result {
                     seq,
                     next,
                     seen,
+                    nanos,
                     status,
                     payload: c.rest(),
                 })
@@ -305,7 +310,7 @@ pub(crate) fn begin_result(out: &mut Vec<u8>, seq: u64, status: Status) {
     out.extend_from_slice(&[0; LEN_PREFIX]);
     out.push(TAG_RESULT);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&[0; 16]); // next, seen: filled in by finish_result
+    out.extend_from_slice(&[0; 24]); // next, seen, nanos: filled in by finish_result
     out.push(status as u8);
 }
 
@@ -316,11 +321,13 @@ pub(crate) fn reset_result(out: &mut Vec<u8>, status: Status) {
     out[LEN_PREFIX + RESULT_HEADER - 1] = status as u8;
 }
 
-/// Fills in `next`, `seen` and the length of a result begun with [`begin_result`].
-pub(crate) fn finish_result(out: &mut [u8], next: u64, seen: u64) {
+/// Fills in `next`, `seen`, `nanos` and the length of a result begun with
+/// [`begin_result`].
+pub(crate) fn finish_result(out: &mut [u8], next: u64, seen: u64, nanos: u64) {
     let base = LEN_PREFIX + 1 + 8;
     out[base..base + 8].copy_from_slice(&next.to_le_bytes());
     out[base + 8..base + 16].copy_from_slice(&seen.to_le_bytes());
+    out[base + 16..base + 24].copy_from_slice(&nanos.to_le_bytes());
     end_frame(out, 0);
 }
 
@@ -357,7 +364,7 @@ mod tests {
         let mut out = Vec::new();
         begin_result(&mut out, 5, Status::Ok);
         out.extend_from_slice(b"payload");
-        finish_result(&mut out, 6, 8);
+        finish_result(&mut out, 6, 8, 99);
         let (body, _) = split_frame(&out, 1 << 20).unwrap().unwrap();
         assert_eq!(
             FromWorker::decode(&out[body]).unwrap(),
@@ -365,6 +372,7 @@ mod tests {
                 seq: 5,
                 next: 6,
                 seen: 8,
+                nanos: 99,
                 status: Status::Ok,
                 payload: b"payload"
             }
@@ -404,7 +412,7 @@ mod tests {
             assert!(ToWorker::decode(body).is_err() || FromWorker::decode(body).is_err());
         }
         let mut bad_status = vec![TAG_RESULT];
-        bad_status.extend_from_slice(&[0; 24]);
+        bad_status.extend_from_slice(&[0; 32]);
         bad_status.push(200);
         assert_eq!(
             FromWorker::decode(&bad_status),

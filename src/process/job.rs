@@ -2,6 +2,7 @@
 //! typed [`Task`](crate::Task).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 
@@ -15,6 +16,8 @@ pub(crate) struct Job {
     pub(crate) fn_ref: FnRef,
     pub(crate) args: Vec<u8>,
     pub(crate) slot: Arc<dyn JobSlot>,
+    /// When it was spawned (for wait-time statistics).
+    pub(crate) queued_at: Instant,
 }
 
 /// The type-erased side of a task that a supervisor completes.
@@ -42,7 +45,11 @@ impl<R: DeserializeOwned + Send> JobSlot for Shared<R> {
         if self.is_cancelled() {
             return; // nobody wants it: skip decoding
         }
-        self.complete(decode(status, payload, pid));
+        let outcome = decode(status, payload, pid);
+        if let Err(e) = &outcome {
+            tracing::debug!(pid, error = %e, "task failed");
+        }
+        self.complete(outcome);
     }
 
     fn fail(&self, error: TaskError) {
@@ -50,7 +57,12 @@ impl<R: DeserializeOwned + Send> JobSlot for Shared<R> {
     }
 }
 
-fn decode<R: DeserializeOwned>(status: Status, payload: &[u8], pid: u32) -> Result<R, TaskError> {
+/// Turns a `RESULT` payload into the task's outcome.
+pub(crate) fn decode<R: DeserializeOwned>(
+    status: Status,
+    payload: &[u8],
+    pid: u32,
+) -> Result<R, TaskError> {
     let text = || String::from_utf8_lossy(payload).into_owned();
     match status {
         Status::Ok => rmp_serde::from_slice(payload).map_err(|e| TaskError::Serialization {

@@ -1,12 +1,14 @@
 //! [`ProcessPool`]: run functions in worker processes.
 
+mod init;
 mod job;
 pub(crate) mod launcher;
 mod supervisor;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,8 +18,10 @@ use crate::task::{CancelHook, Shared};
 use futures::Stream;
 
 use crate::map::{Map, MapIter, ProcessChunks};
-use crate::{wire, worker, CodecStage, Error, Task, TaskError};
+use crate::stats::{Counters, PoolStats};
+use crate::{wire, worker, CodecStage, Error, Task, TaskError, TrySpawnError};
 
+use init::InitJob;
 use job::Job;
 use launcher::LocalLauncher;
 use supervisor::{PoolCtx, SlotConfig};
@@ -150,6 +154,10 @@ impl ProcessPool {
     /// instead of panicking. After the pool was closed, the task resolves to
     /// [`TaskError::PoolClosed`].
     ///
+    /// On a pool with a [`max_queue`](ProcessPoolBuilder::max_queue), `spawn`
+    /// blocks the calling thread while the queue is full; in async code use
+    /// [`spawn_async`](Self::spawn_async) (or [`apply`](Self::apply)) there.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -181,46 +189,163 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned + Send + 'static,
         T: Serialize + ?Sized,
     {
-        let fn_ref = match FnRef::new(f) {
-            Ok(r) => r,
-            Err(why) => return Task::failed(TaskError::Unsupported(why)),
+        let (job, task) = match self.prepare(f, args) {
+            Ok(prepared) => prepared,
+            Err(failed) => return failed,
         };
-        let args = match rmp_serde::to_vec(args) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                return Task::failed(TaskError::Serialization {
-                    stage: CodecStage::EncodeArgument,
-                    message: e.to_string(),
-                })
+        match self.handle.jobs.try_send(job) {
+            Ok(()) => self.queued(),
+            Err(async_channel::TrySendError::Full(job)) => {
+                // Backpressure for plain threads: wait for room.
+                match self.handle.jobs.send_blocking(job) {
+                    Ok(()) => self.queued(),
+                    Err(e) => e.into_inner().slot.fail(TaskError::PoolClosed),
+                }
             }
-        };
+            Err(async_channel::TrySendError::Closed(job)) => job.slot.fail(TaskError::PoolClosed),
+        }
+        task
+    }
+
+    /// Serialises a call and makes its task; an early failure comes back as a
+    /// task that has already failed.
+    fn prepare<A, R, T>(&self, f: fn(A) -> R, args: &T) -> Result<(Job, Task<R>), Task<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + ?Sized,
+    {
+        let fn_ref = FnRef::new(f).map_err(|why| Task::failed(TaskError::Unsupported(why)))?;
+        let args = rmp_serde::to_vec(args).map_err(|e| {
+            Task::failed(TaskError::Serialization {
+                stage: CodecStage::EncodeArgument,
+                message: e.to_string(),
+            })
+        })?;
         let size = (args.len() + wire::JOB_HEADER) as u64;
         if size > self.handle.max_frame {
-            return Task::failed(TaskError::TooLarge {
+            return Err(Task::failed(TaskError::TooLarge {
                 what: "argument",
                 size,
                 max: self.handle.max_frame,
-            });
+            }));
         }
         let shared = Arc::new(Shared::<R>::new(Some(self.handle.hook.clone())));
         let job = Job {
             fn_ref,
             args,
             slot: shared.clone(),
+            queued_at: Instant::now(),
         };
-        if let Err(e) = self.handle.jobs.try_send(job) {
-            e.into_inner().slot.fail(TaskError::PoolClosed);
-        }
-        Task::new(shared)
+        Ok((job, Task::new(shared)))
     }
 
-    /// Same as [`spawn`](Self::spawn); reads well as `pool.apply(f, x).await`.
-    pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
+    /// A task entered the queue: an elastic pool with no idle worker starts one.
+    fn queued(&self) {
+        let ctx = &self.handle.ctx;
+        if ctx.elastic() && ctx.idle.load(Ordering::Acquire) == 0 {
+            ctx.demand.notify_one();
+        }
+    }
+
+    /// Like [`spawn`](Self::spawn), but when the pool's queue is full
+    /// ([`ProcessPoolBuilder::max_queue`]) it waits asynchronously for room
+    /// instead of blocking the thread. Use this in async code on a bounded
+    /// pool.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = procpool::ProcessPool::builder().workers(1).max_queue(2).build()?;
+    /// let mut tasks = Vec::new();
+    /// for i in 0..10 {
+    ///     tasks.push(pool.spawn_async(square, i).await); // waits while 2 are queued
+    /// }
+    /// for (i, t) in tasks.into_iter().enumerate() {
+    ///     assert_eq!(t.await?, (i * i) as u64);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn spawn_async<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.spawn(f, args)
+        let (job, task) = match self.prepare(f, &args) {
+            Ok(prepared) => prepared,
+            Err(failed) => return failed,
+        };
+        match self.handle.jobs.send(job).await {
+            Ok(()) => self.queued(),
+            Err(e) => e.into_inner().slot.fail(TaskError::PoolClosed),
+        }
+        task
+    }
+
+    /// Like [`spawn`](Self::spawn), but never waits: when the queue is full
+    /// ([`ProcessPoolBuilder::max_queue`]) or the pool is closed it returns an
+    /// error and nothing is queued.
+    ///
+    /// ```
+    /// fn sleep_ms(ms: u64) { std::thread::sleep(std::time::Duration::from_millis(ms)) }
+    /// let pool = procpool::ProcessPool::builder().workers(1).max_queue(1).build()?;
+    /// let running = pool.spawn(sleep_ms, 300);
+    /// std::thread::sleep(std::time::Duration::from_millis(100)); // let it start
+    /// let queued = pool.try_spawn(sleep_ms, 1).expect("one queue place");
+    /// assert_eq!(pool.try_spawn(sleep_ms, 1).unwrap_err(), procpool::TrySpawnError::Full);
+    /// # drop((running, queued));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn try_spawn<A, R>(&self, f: fn(A) -> R, args: A) -> Result<Task<R>, TrySpawnError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        if self.handle.jobs.is_closed() {
+            return Err(TrySpawnError::Closed);
+        }
+        let (job, task) = match self.prepare(f, &args) {
+            Ok(prepared) => prepared,
+            Err(failed) => return Ok(failed),
+        };
+        match self.handle.jobs.try_send(job) {
+            Ok(()) => {
+                self.queued();
+                Ok(task)
+            }
+            Err(e) => {
+                let full = e.is_full();
+                // Nothing was queued: the task must not count as cancelled.
+                task.detach();
+                Err(if full {
+                    TrySpawnError::Full
+                } else {
+                    TrySpawnError::Closed
+                })
+            }
+        }
+    }
+
+    /// What the pool has done so far: queue length, running, completed and
+    /// failed tasks, worker restarts by cause, live workers, run and wait
+    /// times.
+    pub fn stats(&self) -> PoolStats {
+        let ctx = &self.handle.ctx;
+        ctx.counters
+            .snapshot(self.handle.jobs.len(), ctx.live.load(Ordering::Acquire))
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result: `spawn` then
+    /// `.await`, except that on a bounded pool it waits asynchronously for
+    /// queue room (like [`spawn_async`](Self::spawn_async)). Dropping the
+    /// future cancels the task, as dropping a [`Task`] does.
+    pub async fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.spawn_async(f, args).await.await
     }
 
     /// Runs `f(args)` in a worker and blocks this thread until it finishes.
@@ -367,41 +492,172 @@ impl ProcessPool {
     }
 }
 
-/// Options for a [`ProcessPool`].
+/// Options for a [`ProcessPool`]: everything a long-running service needs.
 ///
 /// ```
+/// use std::time::Duration;
+///
+/// fn load_model(path: String) { /* read `path` into a static, once per worker */ }
+///
 /// let pool = procpool::ProcessPool::builder()
-///     .workers(2)
-///     .max_frame_size(64 << 20)
+///     .workers(4)                                     // at most 4 processes
+///     .min_workers(1)                                 // elastic: keep at least 1
+///     .idle_timeout(Duration::from_secs(30))          // shrink to min_workers when idle
+///     .initializer(load_model, "m.bin".to_string())   // run once in each new worker
+///     .max_tasks_per_worker(1000)                     // recycle after 1000 tasks
+///     .max_memory_per_worker(512 << 20)               // recycle above 512 MiB RSS
+///     .max_queue(10_000)                              // backpressure beyond this
 ///     .build()?;
 /// # Ok::<(), procpool::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProcessPoolBuilder {
     workers: usize,
+    min_workers: Option<usize>,
     max_frame: u64,
     pipeline_depth: usize,
-    handshake_timeout: Duration,
+    start_timeout: Duration,
     identity: Option<u64>,
+    max_tasks: Option<u64>,
+    max_memory: Option<u64>,
+    idle_timeout: Option<Duration>,
+    max_queue: Option<usize>,
+    init: Option<Result<InitJob, String>>,
 }
 
 impl Default for ProcessPoolBuilder {
     fn default() -> Self {
         ProcessPoolBuilder {
             workers: 0,
+            min_workers: None,
             max_frame: DEFAULT_MAX_FRAME,
             pipeline_depth: 8,
-            handshake_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(60),
             identity: None,
+            max_tasks: None,
+            max_memory: None,
+            idle_timeout: None,
+            max_queue: None,
+            init: None,
         }
     }
 }
 
 impl ProcessPoolBuilder {
-    /// Number of worker processes; `0` (the default) means one per available
-    /// core.
+    /// Number of worker processes (the maximum, for an elastic pool); `0` (the
+    /// default) means one per available core.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// Makes the pool elastic: only this many workers start with the pool and
+    /// stay when idle; more start on demand, up to [`workers`](Self::workers),
+    /// and stop again after [`idle_timeout`](Self::idle_timeout). With `0`, an
+    /// idle pool has no worker process at all. Default: all workers, always.
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::builder()
+    ///     .workers(8)
+    ///     .min_workers(0)
+    ///     .idle_timeout(std::time::Duration::from_secs(60))
+    ///     .build()?;
+    /// assert!(pool.worker_pids().is_empty()); // nothing started yet
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn min_workers(mut self, n: usize) -> Self {
+        self.min_workers = Some(n);
+        self
+    }
+
+    /// How long a worker beyond [`min_workers`](Self::min_workers) may sit
+    /// idle before it exits. Without it, started workers stay.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Runs `f(args)` once in every new worker process before its first task
+    /// (Python's `initializer` and `initargs`): load a model, open a file,
+    /// fill a `static`. Tasks then see what it set up.
+    ///
+    /// If it panics when the pool starts, [`build`](Self::build) fails with
+    /// [`Error::Initializer`]. If it fails later (in a replacement worker),
+    /// the tasks that worker was to run fail with [`TaskError::WorkerStart`]
+    /// and the pool retries with growing pauses instead of respawning in a
+    /// loop.
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    /// static GREETING: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn init(greeting: String) { GREETING.set(greeting).unwrap(); }
+    /// fn greet(name: String) -> String { format!("{} {name}", GREETING.get().unwrap()) }
+    ///
+    /// let pool = procpool::ProcessPool::builder()
+    ///     .workers(1)
+    ///     .initializer(init, "hello".to_string())
+    ///     .build()?;
+    /// assert_eq!(pool.apply_blocking(greet, "world".into()).unwrap(), "hello world");
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn initializer<A>(mut self, f: fn(A), args: A) -> Self
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.init = Some(InitJob::new(f, args));
+        self
+    }
+
+    /// Like [`initializer`](Self::initializer) for a function that can fail:
+    /// an `Err` counts as a failed start, with its message.
+    ///
+    /// ```
+    /// fn open(path: String) -> Result<(), std::io::Error> {
+    ///     std::fs::metadata(&path).map(drop)
+    /// }
+    /// let err = procpool::ProcessPool::builder()
+    ///     .workers(1)
+    ///     .try_initializer(open, "/no/such/file".to_string())
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(err, procpool::Error::Initializer { .. }));
+    /// ```
+    pub fn try_initializer<A, E>(mut self, f: fn(A) -> Result<(), E>, args: A) -> Self
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        E: Display + 'static,
+    {
+        self.init = Some(InitJob::new_fallible(f, args));
+        self
+    }
+
+    /// Replaces a worker after it has run this many tasks (Python's
+    /// `maxtasksperchild`), to contain slow leaks. The worker finishes what it
+    /// was sent, exits cleanly, and a fresh one takes its place; no task is
+    /// lost or run twice.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.max_tasks = Some(n.max(1));
+        self
+    }
+
+    /// Replaces a worker whose resident memory exceeds `bytes` after a task
+    /// (checked on Linux, through `/proc`). The task's result is still
+    /// delivered; the worker is then recycled like with
+    /// [`max_tasks_per_worker`](Self::max_tasks_per_worker).
+    pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// Bounds the number of queued tasks. When the queue is full,
+    /// [`spawn`](ProcessPool::spawn) blocks the calling thread,
+    /// [`spawn_async`](ProcessPool::spawn_async) and
+    /// [`apply`](ProcessPool::apply) wait asynchronously, and
+    /// [`try_spawn`](ProcessPool::try_spawn) returns
+    /// [`TrySpawnError::Full`]; nothing is dropped. Default: unbounded.
+    pub fn max_queue(mut self, tasks: usize) -> Self {
+        self.max_queue = Some(tasks.max(1));
         self
     }
 
@@ -421,9 +677,10 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// How long a new worker may take to report ready (default 30 s).
+    /// How long a new worker may take to report ready and run the
+    /// initializer (default 60 s).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.start_timeout = timeout;
         self
     }
 
@@ -434,14 +691,15 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Starts the workers and returns the pool once every one of them has
-    /// completed its handshake.
+    /// Starts the pool: the first [`min_workers`](Self::min_workers) (by
+    /// default all) workers are started and initialised before this returns.
     ///
     /// # Errors
     ///
     /// [`Error::InsideWorker`] inside a worker process (never a fork bomb),
     /// [`Error::Spawn`] or [`Error::Handshake`] when a worker cannot start,
-    /// [`Error::BuildMismatch`] when the worker is a different build.
+    /// [`Error::BuildMismatch`] when the worker is a different build,
+    /// [`Error::Initializer`] when the initializer fails.
     pub fn build(self) -> Result<ProcessPool, Error> {
         worker::ensure_linked();
         if worker::is_worker() {
@@ -452,22 +710,39 @@ impl ProcessPoolBuilder {
         } else {
             self.workers
         };
-        let (jobs_tx, jobs_rx) = async_channel::unbounded();
+        let init = match self.init {
+            Some(Ok(init)) => Some(init),
+            Some(Err(message)) => return Err(Error::Initializer { pid: 0, message }),
+            None => None,
+        };
+        let (jobs_tx, jobs_rx) = match self.max_queue {
+            Some(n) => async_channel::bounded(n),
+            None => async_channel::unbounded(),
+        };
         let (stop_tx, stop_rx) = async_channel::bounded(1);
         let (done_tx, done_rx) = async_channel::bounded(1);
         let ctx = Arc::new(PoolCtx {
             config: SlotConfig {
                 workers,
+                min_workers: self.min_workers.unwrap_or(workers).min(workers),
                 max_frame: self.max_frame,
                 pipeline_depth: self.pipeline_depth,
-                handshake_timeout: self.handshake_timeout,
+                start_timeout: self.start_timeout,
                 identity: self.identity.unwrap_or_else(func_ref::build_identity),
+                max_tasks: self.max_tasks,
+                max_memory: self.max_memory,
+                idle_timeout: self.idle_timeout,
+                init,
             },
             launcher: Box::new(LocalLauncher),
             queue: jobs_rx,
             stop: stop_rx,
             cancels: (0..workers).map(|_| tokio::sync::Notify::new()).collect(),
             pids: (0..workers).map(|_| AtomicU32::new(0)).collect(),
+            live: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            demand: tokio::sync::Notify::new(),
+            counters: Counters::default(),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,15 +1,15 @@
 //! One supervisor per worker slot: starts the worker, feeds it jobs, reads its
-//! results, and replaces it when it dies or must be killed.
+//! results, and replaces it when it dies, must be killed, or is recycled.
 //!
 //! All supervisors of a pool are tasks on one small current-thread tokio
 //! runtime that lives on the pool's own long-lived thread, so a pool needs no
 //! runtime from its user, and every event of a slot (a job to send, a result
-//! to read, a cancellation, termination, the worker dying while idle) is one
-//! branch of a single `select!`.
+//! to read, a cancellation, termination, the worker dying while idle, an idle
+//! timeout) is one branch of a single `select!`.
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,20 +17,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
+use super::init::InitJob;
 use super::job::Job;
 use super::launcher::{ExitInfo, LaunchSpec, Launcher, WorkerProcess};
+use crate::stats::Counters;
 use crate::task::CancelHook;
-use crate::wire::{self, FromWorker};
+use crate::wire::{self, FromWorker, Status};
 use crate::{Error, TaskError};
 
 /// Settings a supervisor needs.
 #[derive(Debug, Clone)]
 pub(crate) struct SlotConfig {
     pub(crate) workers: usize,
+    pub(crate) min_workers: usize,
     pub(crate) max_frame: u64,
     pub(crate) pipeline_depth: usize,
-    pub(crate) handshake_timeout: Duration,
+    pub(crate) start_timeout: Duration,
     pub(crate) identity: u64,
+    pub(crate) max_tasks: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) init: Option<InitJob>,
 }
 
 /// What all supervisors of a pool share.
@@ -44,6 +51,13 @@ pub(crate) struct PoolCtx {
     pub(crate) cancels: Vec<Notify>,
     /// Per slot: pid of the live worker, 0 when none.
     pub(crate) pids: Vec<AtomicU32>,
+    /// Live worker processes.
+    pub(crate) live: AtomicUsize,
+    /// Live workers with nothing to do.
+    pub(crate) idle: AtomicUsize,
+    /// A task was queued while no worker was idle: a lazy slot should start one.
+    pub(crate) demand: Notify,
+    pub(crate) counters: Counters,
 }
 
 impl CancelHook for PoolCtx {
@@ -52,16 +66,28 @@ impl CancelHook for PoolCtx {
     }
 }
 
+impl PoolCtx {
+    /// True when slots start workers only on demand and may retire them.
+    pub(crate) fn elastic(&self) -> bool {
+        self.config.min_workers < self.config.workers
+    }
+}
+
 /// Runs slot `idx` until the pool is closed and drained, or terminated.
-/// `ready` receives the outcome of the first worker start.
+/// `ready` receives the outcome of the first worker start (at once for a slot
+/// that starts lazily).
 pub(crate) async fn supervise(
     ctx: Arc<PoolCtx>,
     idx: usize,
     ready: std::sync::mpsc::Sender<Result<(), Error>>,
     _done: async_channel::Sender<()>,
 ) {
-    let mut carried: VecDeque<Job> = VecDeque::new();
+    let eager = idx < ctx.config.min_workers;
     let mut ready = Some(ready);
+    if !eager {
+        let _ = ready.take().map(|r| r.send(Ok(())));
+    }
+    let mut carried: VecDeque<Job> = VecDeque::new();
     let mut failures: u32 = 0;
     loop {
         if ctx.stop.is_closed()
@@ -69,41 +95,68 @@ pub(crate) async fn supervise(
         {
             break;
         }
+        let wanted = eager
+            || !carried.is_empty()
+            || (!ctx.queue.is_empty() && ctx.idle.load(Ordering::Acquire) == 0);
+        if !wanted {
+            // A lazy slot with nothing to do waits for demand (rechecking now
+            // and then, so it also notices the pool closing).
+            tokio::select! {
+                _ = ctx.demand.notified() => {}
+                _ = ctx.stop.recv() => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            continue;
+        }
         match Worker::start(&ctx).await {
             Ok(worker) => {
                 failures = 0;
-                ctx.pids[idx].store(worker.pid, Ordering::Relaxed);
+                let pid = worker.pid;
+                ctx.pids[idx].store(pid, Ordering::Relaxed);
+                ctx.live.fetch_add(1, Ordering::AcqRel);
+                tracing::debug!(pid, slot = idx, "worker started");
                 if let Some(r) = ready.take() {
                     let _ = r.send(Ok(()));
                 }
                 let ended = worker.serve(&ctx, idx, &mut carried).await;
                 ctx.pids[idx].store(0, Ordering::Relaxed);
+                if !matches!(ended, Ended::Idle) {
+                    // (An idle worker already gave up its place in `live`.)
+                    ctx.live.fetch_sub(1, Ordering::AcqRel);
+                }
                 match ended {
                     Ended::Closed | Ended::Stopped => break,
-                    Ended::Lost => continue,
+                    Ended::Lost | Ended::Recycled | Ended::Idle => continue,
                 }
             }
             Err(e) => {
+                Counters::bump(&ctx.counters.start_failed);
+                tracing::warn!(slot = idx, error = %e, "worker failed to start");
                 if let Some(r) = ready.take() {
                     let _ = r.send(Err(e));
                     break;
                 }
-                // Do not leave callers waiting while workers cannot start: fail
-                // the jobs this slot holds or receives, and retry with backoff.
+                // Crash-loop breaker: while workers cannot start, fail the
+                // tasks this slot holds or receives (saying why) and retry with
+                // a growing pause instead of respawning in a tight loop.
                 failures += 1;
                 let why = e.to_string();
                 for job in carried.drain(..) {
                     job.slot.fail(TaskError::WorkerStart(why.clone()));
                 }
-                let backoff = Duration::from_millis(50 << failures.min(7));
-                let deadline = tokio::time::sleep(backoff);
+                let pause =
+                    Duration::from_millis(100 << failures.min(9)).min(Duration::from_secs(30));
+                let deadline = tokio::time::sleep(pause);
                 tokio::pin!(deadline);
                 loop {
                     tokio::select! {
                         _ = &mut deadline => break,
                         _ = ctx.stop.recv() => break,
                         job = ctx.queue.recv() => match job {
-                            Ok(job) => job.slot.fail(TaskError::WorkerStart(why.clone())),
+                            Ok(job) => {
+                                Counters::bump(&ctx.counters.failed);
+                                job.slot.fail(TaskError::WorkerStart(why.clone()));
+                            }
                             Err(_) => break,
                         },
                     }
@@ -124,16 +177,29 @@ enum Ended {
     Stopped,
     /// The worker died or was killed; start another.
     Lost,
+    /// Recycled (task count or memory); start another.
+    Recycled,
+    /// Retired after its idle timeout (and already removed from `live`).
+    Idle,
 }
 
 /// Why the serve loop stopped.
 enum Stop {
     Drained,
     Terminated,
+    Retire(Retire),
     /// Killed because the task it was running was cancelled.
     Cancelled,
     Died,
     Protocol(String),
+}
+
+/// Why a healthy worker is let go.
+#[derive(Debug, Clone, Copy)]
+enum Retire {
+    MaxTasks,
+    MaxMemory,
+    Idle,
 }
 
 /// A job sent to the worker and not yet answered.
@@ -149,10 +215,12 @@ struct Worker {
     tx: pipe::Sender,
     rx: pipe::Receiver,
     inbuf: Vec<u8>,
+    /// Sequence number of the next job sent.
+    next_seq: u64,
 }
 
 impl Worker {
-    /// Launches a worker and completes its handshake.
+    /// Launches a worker, completes its handshake and runs the initializer.
     async fn start(ctx: &PoolCtx) -> Result<Worker, Error> {
         let spec = LaunchSpec {
             identity: ctx.config.identity,
@@ -176,37 +244,91 @@ impl Worker {
             tx,
             rx,
             inbuf: Vec::with_capacity(64 * 1024),
+            next_seq: 1,
         };
-        let first = tokio::time::timeout(
-            ctx.config.handshake_timeout,
-            worker.read_frame(ctx.config.max_frame),
-        )
-        .await;
-        let failure = match first {
-            Ok(Ok(Some(body))) => match FromWorker::decode(&body) {
-                Ok(FromWorker::Hello { .. }) => return Ok(worker),
-                Ok(FromWorker::Refused { reason }) => Error::BuildMismatch {
+        let started = tokio::time::timeout(ctx.config.start_timeout, worker.greet(ctx)).await;
+        match started {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(e)) => {
+                reap(worker.process.as_mut());
+                Err(e)
+            }
+            Err(_) => {
+                reap(worker.process.as_mut());
+                Err(handshake(pid, "timed out starting"))
+            }
+        }
+    }
+
+    /// Reads the worker's HELLO, then runs the initializer, if any.
+    async fn greet(&mut self, ctx: &PoolCtx) -> Result<(), Error> {
+        let pid = self.pid;
+        let max = ctx.config.max_frame;
+        let body = self.read_frame(max).await;
+        match body.as_ref().map(|b| b.as_deref().map(FromWorker::decode)) {
+            Ok(Some(Ok(FromWorker::Hello { .. }))) => {}
+            Ok(Some(Ok(FromWorker::Refused { reason }))) => {
+                return Err(Error::BuildMismatch {
                     pid,
                     message: reason,
-                },
-                Ok(_) => handshake(pid, "unexpected first message"),
-                Err(e) => handshake(pid, &e.to_string()),
-            },
-            Ok(Ok(None)) => {
-                let exit = reap(worker.process.as_mut());
+                })
+            }
+            Ok(Some(Ok(_))) => return Err(handshake(pid, "unexpected first message")),
+            Ok(Some(Err(e))) => return Err(handshake(pid, &e.to_string())),
+            Ok(None) => {
+                let exit = reap(self.process.as_mut());
                 return Err(handshake(
                     pid,
                     &format!("exited during start ({})", describe(exit)),
                 ));
             }
-            Ok(Err(e)) => handshake(pid, &e.to_string()),
-            Err(_) => handshake(pid, "timed out"),
+            Err(e) => return Err(handshake(pid, &e.to_string())),
+        }
+        let Some(init) = &ctx.config.init else {
+            return Ok(());
         };
-        reap(worker.process.as_mut());
-        Err(failure)
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut out = Vec::new();
+        wire::encode_job(
+            &mut out,
+            seq,
+            init.fn_ref.func,
+            init.fn_ref.trampoline,
+            &init.args,
+        );
+        let failed = |message: String| Error::Initializer { pid, message };
+        if let Err(e) = self.tx.write_all(&out).await {
+            return Err(failed(format!("could not send the initializer: {e}")));
+        }
+        let body = match self.read_frame(max).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                let exit = reap(self.process.as_mut());
+                return Err(failed(format!(
+                    "the worker died in the initializer ({})",
+                    describe(exit)
+                )));
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        match FromWorker::decode(&body) {
+            Ok(FromWorker::Result {
+                status, payload, ..
+            }) => match super::job::decode::<Result<(), String>>(status, payload, pid) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(failed(message)),
+                Err(e) => Err(failed(e.to_string())),
+            },
+            Ok(_) => Err(handshake(
+                pid,
+                "unexpected message instead of the initializer's result",
+            )),
+            Err(e) => Err(handshake(pid, &e.to_string())),
+        }
     }
 
-    /// Reads one whole frame (handshake only). `None` at end of file.
+    /// Reads one whole frame (start-up only). `None` at end of file.
     async fn read_frame(&mut self, max: u64) -> io::Result<Option<Vec<u8>>> {
         loop {
             match wire::split_frame(&self.inbuf, max) {
@@ -225,22 +347,28 @@ impl Worker {
         }
     }
 
-    /// Feeds the worker until it dies, is killed, or the pool closes. Jobs that
-    /// were sent but never started are left in `carried` for the next worker.
+    /// Feeds the worker until it dies, is killed, is retired, or the pool
+    /// closes. Jobs that were sent but never started are left in `carried` for
+    /// the next worker.
     async fn serve(mut self, ctx: &PoolCtx, idx: usize, carried: &mut VecDeque<Job>) -> Ended {
-        let max = ctx.config.max_frame;
-        let depth = ctx.config.pipeline_depth.max(1);
+        let cfg = &ctx.config;
+        let max = cfg.max_frame;
+        let depth = cfg.pipeline_depth.max(1);
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut out: Vec<u8> = Vec::new();
         let mut out_pos = 0usize;
-        let mut next_seq = 1u64;
         let mut queue_open = true;
+        let mut sent: u64 = 0;
+        let mut retiring: Option<Retire> = None;
+        let mut was_idle = false;
+        let mut next_seq = self.next_seq;
 
         let mut send = |job: Job, out: &mut Vec<u8>, inflight: &mut VecDeque<InFlight>| {
             let seq = next_seq;
             next_seq += 1;
             let f = job.fn_ref;
             wire::encode_job(out, seq, f.func, f.trampoline, &job.args);
+            Counters::bump(&ctx.counters.running);
             inflight.push_back(InFlight {
                 seq,
                 job,
@@ -250,21 +378,42 @@ impl Worker {
         for job in carried.drain(..) {
             if !job.slot.is_cancelled() {
                 send(job, &mut out, &mut inflight);
+                sent += 1;
             }
         }
 
         let stop = loop {
             let writing = out_pos < out.len();
-            if !queue_open && inflight.is_empty() && !writing {
-                break Stop::Drained;
+            let idle = inflight.is_empty();
+            if idle != was_idle {
+                if idle {
+                    ctx.idle.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    ctx.idle.fetch_sub(1, Ordering::AcqRel);
+                }
+                was_idle = idle;
+            }
+            if idle && !writing {
+                if !queue_open {
+                    break Stop::Drained;
+                }
+                if let Some(why) = retiring {
+                    break Stop::Retire(why);
+                }
+            }
+            if retiring.is_none() && cfg.max_tasks.is_some_and(|m| sent >= m) {
+                retiring = Some(Retire::MaxTasks);
             }
             // Send ahead only while the backlog is deep (at least two waiting
             // tasks per worker), so pipelining never leaves another worker idle
             // or strands a burst of tasks behind a long one.
-            let deep = |inflight: &VecDeque<InFlight>| {
-                inflight.len() < depth && ctx.queue.len() >= 2 * ctx.config.workers
+            let room = |inflight: &VecDeque<InFlight>, sent: u64| {
+                cfg.max_tasks.is_none_or(|m| sent < m)
+                    && (inflight.is_empty()
+                        || (inflight.len() < depth && ctx.queue.len() >= 2 * cfg.workers))
             };
-            let take = queue_open && (inflight.is_empty() || deep(&inflight));
+            let take = queue_open && retiring.is_none() && room(&inflight, sent);
+            let idle_timer = cfg.idle_timeout.filter(|_| idle && ctx.elastic());
             let want = wire::missing_bytes(&self.inbuf)
                 .filter(|&n| n as u64 <= max)
                 .unwrap_or(0)
@@ -290,11 +439,18 @@ impl Worker {
                 read = self.rx.read_buf(&mut self.inbuf) => match read {
                     Ok(0) | Err(_) => break Stop::Died,
                     Ok(_) => {
-                        if let Err(e) = self.take_results(&mut inflight, max) {
+                        if let Err(e) = self.take_results(ctx, &mut inflight) {
                             break Stop::Protocol(e);
                         }
                         if inflight.front().is_some_and(|f| f.job.slot.is_cancelled()) {
                             break Stop::Cancelled;
+                        }
+                        if retiring.is_none() {
+                            if let Some(limit) = cfg.max_memory {
+                                if rss_bytes(self.pid).is_some_and(|rss| rss > limit) {
+                                    retiring = Some(Retire::MaxMemory);
+                                }
+                            }
                         }
                     }
                 },
@@ -313,23 +469,40 @@ impl Worker {
                 },
                 job = ctx.queue.recv(), if take => match job {
                     Ok(job) => {
-                        if job.slot.try_start(idx) {
-                            send(job, &mut out, &mut inflight);
-                        }
-                        while deep(&inflight) {
-                            let Ok(job) = ctx.queue.try_recv() else { break };
+                        let mut next = Some(job);
+                        while let Some(job) = next.take() {
                             if job.slot.try_start(idx) {
                                 send(job, &mut out, &mut inflight);
+                                sent += 1;
+                            } else {
+                                Counters::bump(&ctx.counters.cancelled);
+                            }
+                            if !inflight.is_empty() && room(&inflight, sent) {
+                                next = ctx.queue.try_recv().ok();
                             }
                         }
                     }
                     Err(_) => queue_open = false,
                 },
+                _ = sleep_or_never(idle_timer) => {
+                    // Give up this worker only while more than the minimum live.
+                    let min = cfg.min_workers;
+                    if ctx.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n > min).then(|| n - 1)).is_ok() {
+                        retiring = Some(Retire::Idle);
+                    }
+                }
             }
         };
+        if was_idle {
+            ctx.idle.fetch_sub(1, Ordering::AcqRel);
+        }
+        ctx.counters
+            .running
+            .fetch_sub(inflight.len() as u64, Ordering::Relaxed);
 
+        let pid = self.pid;
         match stop {
-            Stop::Drained => {
+            Stop::Drained | Stop::Retire(_) => {
                 // Closing the job pipe tells the worker to exit; give it a moment
                 // to do so cleanly before making sure.
                 drop(self.tx);
@@ -339,10 +512,30 @@ impl Worker {
                 })
                 .await;
                 reap(self.process.as_mut());
-                Ended::Closed
+                match stop {
+                    Stop::Retire(why) => {
+                        let c = &ctx.counters;
+                        Counters::bump(match why {
+                            Retire::MaxTasks => &c.max_tasks,
+                            Retire::MaxMemory => &c.max_memory,
+                            Retire::Idle => &c.idle,
+                        });
+                        tracing::debug!(pid, slot = idx, reason = ?why, "worker retired");
+                        if matches!(why, Retire::Idle) {
+                            Ended::Idle
+                        } else {
+                            Ended::Recycled
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(pid, slot = idx, "worker exited: pool closed");
+                        Ended::Closed
+                    }
+                }
             }
             Stop::Terminated => {
                 reap(self.process.as_mut());
+                tracing::debug!(pid, slot = idx, "worker killed: pool terminated");
                 for entry in inflight {
                     entry.job.slot.fail(TaskError::PoolClosed);
                 }
@@ -350,15 +543,31 @@ impl Worker {
             }
             Stop::Cancelled | Stop::Died | Stop::Protocol(_) => {
                 let exit = reap(self.process.as_mut());
+                let c = &ctx.counters;
+                match &stop {
+                    Stop::Cancelled => {
+                        Counters::bump(&c.killed_for_cancel);
+                        Counters::bump(&c.cancelled);
+                        tracing::debug!(pid, slot = idx, "worker killed: its task was cancelled");
+                    }
+                    Stop::Protocol(e) => {
+                        Counters::bump(&c.protocol);
+                        tracing::warn!(pid, slot = idx, error = %e, "worker killed: protocol violation");
+                    }
+                    _ => {
+                        Counters::bump(&c.crashed);
+                        tracing::warn!(pid, slot = idx, exit = %describe(exit), "worker died");
+                    }
+                }
                 let mut entries = inflight.into_iter();
                 if let Some(front) = entries.next() {
+                    if !front.job.slot.is_cancelled() {
+                        Counters::bump(&c.failed);
+                    }
                     front.job.slot.fail(match stop {
-                        Stop::Protocol(message) => TaskError::Protocol {
-                            pid: self.pid,
-                            message,
-                        },
+                        Stop::Protocol(message) => TaskError::Protocol { pid, message },
                         _ => TaskError::WorkerDied {
-                            pid: self.pid,
+                            pid,
                             code: exit.and_then(|e| e.code),
                             signal: exit.and_then(|e| e.signal),
                         },
@@ -372,7 +581,13 @@ impl Worker {
     }
 
     /// Handles every complete frame in `inbuf`.
-    fn take_results(&mut self, inflight: &mut VecDeque<InFlight>, max: u64) -> Result<(), String> {
+    fn take_results(
+        &mut self,
+        ctx: &PoolCtx,
+        inflight: &mut VecDeque<InFlight>,
+    ) -> Result<(), String> {
+        let max = ctx.config.max_frame;
+        let counters = &ctx.counters;
         let mut pos = 0;
         let outcome = loop {
             let (body, used) = match wire::split_frame(&self.inbuf[pos..], max) {
@@ -390,6 +605,7 @@ impl Worker {
                 seq,
                 next,
                 seen,
+                nanos,
                 status,
                 payload,
             } = message
@@ -398,18 +614,28 @@ impl Worker {
             };
             // Jobs before `seq` can only have been skipped, which the worker
             // does only for cancelled ones.
-            if let Err(e) = pop_skipped(inflight, |s| s < seq) {
+            if let Err(e) = pop_skipped(ctx, inflight, |s| s < seq) {
                 break Err(e);
             }
             match inflight.pop_front() {
                 Some(entry) if entry.seq == seq => {
-                    entry.job.slot.deliver(status, payload, self.pid)
+                    counters.running.fetch_sub(1, Ordering::Relaxed);
+                    // Count first, so a caller woken by the result sees it in
+                    // the statistics.
+                    let run = Duration::from_nanos(nanos);
+                    let wait = entry.job.queued_at.elapsed().saturating_sub(run);
+                    if entry.job.slot.is_cancelled() {
+                        Counters::bump(&counters.cancelled);
+                    } else {
+                        counters.finished(status == Status::Ok, wait, run);
+                    }
+                    entry.job.slot.deliver(status, payload, self.pid);
                 }
                 _ => break Err(format!("result for job {seq}, which it was not running")),
             }
             // Now learn which job the worker runs next.
             let skipped = if next != 0 {
-                pop_skipped(inflight, |s| s < next).and_then(|()| match inflight.front() {
+                pop_skipped(ctx, inflight, |s| s < next).and_then(|()| match inflight.front() {
                     Some(f) if f.seq == next => Ok(()),
                     _ => Err(format!(
                         "worker names job {next} as next, which it was not sent"
@@ -418,7 +644,7 @@ impl Worker {
             } else {
                 // Idle: every job it has seen is done or skipped; the first one
                 // it has not seen starts as soon as it is read.
-                pop_skipped(inflight, |s| s <= seen)
+                pop_skipped(ctx, inflight, |s| s <= seen)
             };
             if let Err(e) = skipped {
                 break Err(e);
@@ -431,6 +657,7 @@ impl Worker {
 
 /// Pops leading entries matching `before`; they must all be cancelled.
 fn pop_skipped(
+    ctx: &PoolCtx,
     inflight: &mut VecDeque<InFlight>,
     before: impl Fn(u64) -> bool,
 ) -> Result<(), String> {
@@ -445,8 +672,25 @@ fn pop_skipped(
             ));
         }
         inflight.pop_front();
+        ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
+        Counters::bump(&ctx.counters.cancelled);
     }
     Ok(())
+}
+
+/// Sleeps for `d`, or forever when there is no timer.
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resident memory of process `pid`, where the platform tells.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 /// Kills (harmless if it already exited) and reaps a worker.

@@ -138,6 +138,7 @@ impl Runner {
             self.out.clear();
             wire::begin_result(&mut self.out, job.seq, Status::Ok);
             let args = &self.inbuf[job.args.clone()];
+            let started = std::time::Instant::now();
             // SAFETY: the handshake established that parent and worker run the
             // same build, and the parent produced both offsets with
             // `FnRef::new`, which pairs a `fn(A) -> R` with `trampoline::<A, R>`.
@@ -151,10 +152,11 @@ impl Runner {
                     self.max_frame,
                 );
             }
+            let nanos = started.elapsed().as_nanos() as u64;
             // Learn of cancellations and new jobs before naming the next one.
             let open = self.fill(false)?;
             let next = self.jobs.front().map_or(0, |j| j.seq);
-            wire::finish_result(&mut self.out, next, self.seen);
+            wire::finish_result(&mut self.out, next, self.seen, nanos);
             self.output.write_all(&self.out)?;
             if self.out.capacity() > 1 << 20 {
                 self.out = Vec::with_capacity(4096);
