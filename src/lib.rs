@@ -91,3 +91,9 @@ pub use process::{ProcessPool, ProcessPoolBuilder};
 pub use stats::{PoolStats, Restarts, Summary};
 pub use task::Task;
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
+
+/// Hooks for procpool's own fault-injection tests; not part of the API.
+#[doc(hidden)]
+pub mod __test_hooks {
+    pub use crate::worker::{corrupt_protocol_stream, send_result_for_unknown_job};
+}

@@ -126,6 +126,18 @@ impl<R> Shared<R> {
         self.waker.wake();
     }
 
+    /// Cancels the task only if it is still queued.
+    pub(crate) fn cancel_if_queued(&self) -> bool {
+        let cancelled = self
+            .state
+            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if cancelled {
+            self.waker.wake();
+        }
+        cancelled
+    }
+
     fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<R, TaskError>> {
         if let Some(out) = self.try_take() {
             return Poll::Ready(out);
@@ -257,6 +269,27 @@ impl<R> Task<R> {
     /// ```
     pub fn abort(&self) {
         self.shared.cancel();
+    }
+
+    /// Cancels the task only if it has not started yet (Python's
+    /// `Future.cancel()`): returns `true` if it was removed from the queue, in
+    /// which case it never runs and awaiting it yields
+    /// `Err(TaskError::Cancelled)`; `false` if it already started or finished,
+    /// in which case nothing changes.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// fn nap(ms: u64) { std::thread::sleep(std::time::Duration::from_millis(ms)) }
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// let first = pool.spawn(nap, 200);
+    /// let second = pool.spawn(nap, 200);
+    /// std::thread::sleep(std::time::Duration::from_millis(50));
+    /// assert!(!first.cancel_if_queued()); // already running
+    /// assert!(second.cancel_if_queued()); // still queued: removed
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel_if_queued(&self) -> bool {
+        self.shared.cancel_if_queued()
     }
 
     /// True once the task has a result (or was cancelled): awaiting it will not

@@ -51,6 +51,8 @@ pub struct ThreadPool {
 }
 
 struct Handle {
+    /// Set by `terminate`: threads fail what they dequeue instead of running it.
+    terminated: Arc<std::sync::atomic::AtomicBool>,
     jobs: async_channel::Sender<Job>,
     queue: async_channel::Receiver<Job>,
     done: async_channel::Receiver<()>,
@@ -341,6 +343,7 @@ impl ThreadPool {
     /// stopped: they finish in the background (their handles still get the
     /// result).
     pub fn terminate(&self) {
+        self.handle.terminated.store(true, Ordering::Release);
         self.handle.jobs.close();
         while let Ok(job) = self.handle.queue.try_recv() {
             job(false);
@@ -417,8 +420,10 @@ impl ThreadPoolBuilder {
             None => async_channel::unbounded::<Job>(),
         };
         let (done_tx, done_rx) = async_channel::bounded::<()>(1);
+        let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for i in 0..threads {
             let jobs = jobs_rx.clone();
+            let stop = terminated.clone();
             let done = done_tx.clone();
             let mut builder = std::thread::Builder::new().name(format!("{}-{i}", self.name));
             if let Some(size) = self.stack_size {
@@ -428,7 +433,7 @@ impl ThreadPoolBuilder {
                 let _done = done;
                 panic_info::install(false);
                 while let Ok(job) = jobs.recv_blocking() {
-                    job(true);
+                    job(!stop.load(Ordering::Acquire));
                 }
             });
             if let Err(e) = started {
@@ -438,6 +443,7 @@ impl ThreadPoolBuilder {
         }
         Ok(ThreadPool {
             handle: Arc::new(Handle {
+                terminated,
                 jobs: jobs_tx,
                 queue: jobs_rx,
                 done: done_rx,

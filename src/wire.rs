@@ -27,8 +27,14 @@
 //! sequence number it has read (`seen`). Together these let the parent know at
 //! every moment which single job a worker may be running, even when several jobs
 //! were sent ahead: cancelling that job kills the worker, cancelling any other
-//! sends `CANCEL` and the worker skips it. A kill never lands on the wrong task
-//! and no sent-but-unstarted job is lost.
+//! sends `CANCEL` and the worker skips it. No sent-but-unstarted job is lost:
+//! after a kill or crash the next worker gets them.
+//!
+//! Before killing for a cancelled job the parent first takes any result that
+//! has already arrived, so the kill lands on the cancelled job. One window
+//! remains: if the worker finishes that job in the microseconds between this
+//! check and the signal, the kill hits the job it started next, which is then
+//! run again on the replacement worker (it never reaches a wrong result).
 
 use std::ops::Range;
 

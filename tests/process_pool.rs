@@ -361,6 +361,21 @@ fn dropping_the_last_handle_lets_workers_exit() {
     );
 }
 
+#[test]
+fn dropping_the_last_handle_finishes_spawned_tasks() {
+    let pool = ProcessPool::new(1).unwrap();
+    let dir = temp_dir("drop-finishes");
+    let held: Vec<_> = (0..3).map(|_| pool.spawn(sleep_ms, 100)).collect();
+    pool.spawn(write_marker, dir.join("detached")).detach();
+    drop(pool);
+    for t in held {
+        assert_eq!(futures::executor::block_on(t), Ok(100));
+    }
+    assert!(wait_until(Duration::from_secs(10), || dir
+        .join("detached")
+        .exists()));
+}
+
 // 10. Large payloads round-trip; oversized frames are errors.
 #[tokio::test]
 async fn a_64_mib_argument_and_result_round_trip() {

@@ -136,6 +136,33 @@ async fn terminate_fails_queued_tasks_at_once() {
     assert_eq!(pool.spawn(square, 2).await, Err(TaskError::PoolClosed));
 }
 
+#[test]
+fn nothing_queued_runs_after_terminate() {
+    let pool = ThreadPool::new(2).unwrap();
+    let dir = temp_dir("tp-term-queue");
+    let running: Vec<_> = (0..2)
+        .map(|i| pool.spawn(mark_then_sleep, (dir.join(format!("r{i}")), 200)))
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || dir
+        .join("r0")
+        .exists()
+        && dir.join("r1").exists()));
+    let queued: Vec<_> = (0..50)
+        .map(|i| pool.spawn(write_marker, dir.join(format!("q{i}"))))
+        .collect();
+    pool.terminate();
+    for t in queued {
+        assert_eq!(futures::executor::block_on(t), Err(TaskError::PoolClosed));
+    }
+    for t in running {
+        assert_eq!(futures::executor::block_on(t), Ok(200));
+    }
+    assert!(
+        (0..50).all(|i| !dir.join(format!("q{i}")).exists()),
+        "a queued task ran after terminate"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_waits_for_queued_work() {
     let pool = ThreadPool::new(2).unwrap();

@@ -20,6 +20,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) identity: u64,
     /// Largest frame either side may send.
     pub(crate) max_frame: u64,
+    /// Hard cap on the worker's data segment (heap), if any.
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// A started worker: the parent's ends of its two streams, and the process.
@@ -101,6 +103,7 @@ impl Launcher for LocalLauncher {
         .to_env();
 
         let parent = rustix::process::getpid();
+        let memory_limit = spec.memory_limit;
         let mut cmd = Command::new(executable()?);
         cmd.env(worker::ENV_VAR, env).stdin(Stdio::null());
         // SAFETY: the closure runs in the forked child before exec and only
@@ -112,6 +115,15 @@ impl Launcher for LocalLauncher {
                     // alive until `spawn` returns.
                     let fd = BorrowedFd::borrow_raw(fd);
                     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                }
+                if let Some(bytes) = memory_limit {
+                    // Allocation beyond this fails in the worker, which then
+                    // aborts: the worker dies, not the machine.
+                    let limit = rustix::process::Rlimit {
+                        current: Some(bytes),
+                        maximum: Some(bytes),
+                    };
+                    rustix::process::setrlimit(rustix::process::Resource::Data, limit)?;
                 }
                 #[cfg(target_os = "linux")]
                 {

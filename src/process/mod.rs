@@ -520,6 +520,7 @@ pub struct ProcessPoolBuilder {
     identity: Option<u64>,
     max_tasks: Option<u64>,
     max_memory: Option<u64>,
+    memory_limit: Option<u64>,
     idle_timeout: Option<Duration>,
     max_queue: Option<usize>,
     init: Option<Result<InitJob, String>>,
@@ -536,6 +537,7 @@ impl Default for ProcessPoolBuilder {
             identity: None,
             max_tasks: None,
             max_memory: None,
+            memory_limit: None,
             idle_timeout: None,
             max_queue: None,
             init: None,
@@ -650,6 +652,28 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// A hard cap on each worker's heap (`RLIMIT_DATA`): an allocation beyond
+    /// it fails inside the worker, which aborts, so the task fails with
+    /// [`TaskError::WorkerDied`] (SIGABRT) and the worker is replaced, while
+    /// the machine stays healthy. Unlike
+    /// [`max_memory_per_worker`](Self::max_memory_per_worker) it also stops a
+    /// task that never finishes allocating. Leave room above the worker's
+    /// normal needs (tens of MiB).
+    ///
+    /// ```
+    /// fn hog(_: ()) -> usize { let v = vec![1u8; 1 << 30]; v.len() }
+    /// let pool = procpool::ProcessPool::builder()
+    ///     .workers(1)
+    ///     .memory_limit_per_worker(256 << 20)
+    ///     .build()?;
+    /// assert!(matches!(pool.apply_blocking(hog, ()), Err(procpool::TaskError::WorkerDied { .. })));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn memory_limit_per_worker(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
     /// Bounds the number of queued tasks. When the queue is full,
     /// [`spawn`](ProcessPool::spawn) blocks the calling thread,
     /// [`spawn_async`](ProcessPool::spawn_async) and
@@ -731,12 +755,14 @@ impl ProcessPoolBuilder {
                 identity: self.identity.unwrap_or_else(func_ref::build_identity),
                 max_tasks: self.max_tasks,
                 max_memory: self.max_memory,
+                memory_limit: self.memory_limit,
                 idle_timeout: self.idle_timeout,
                 init,
             },
             launcher: Box::new(LocalLauncher),
             queue: jobs_rx,
             stop: stop_rx,
+            _stop_sender: stop_tx.clone(),
             cancels: (0..workers).map(|_| tokio::sync::Notify::new()).collect(),
             pids: (0..workers).map(|_| AtomicU32::new(0)).collect(),
             live: AtomicUsize::new(0),
@@ -744,8 +770,11 @@ impl ProcessPoolBuilder {
             demand: tokio::sync::Notify::new(),
             counters: Counters::default(),
         });
+        // I/O and timers only: the signal driver would install process-wide
+        // handlers and descriptors that outlive the pool.
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread_ctx = ctx.clone();

@@ -36,6 +36,7 @@ pub(crate) struct SlotConfig {
     pub(crate) identity: u64,
     pub(crate) max_tasks: Option<u64>,
     pub(crate) max_memory: Option<u64>,
+    pub(crate) memory_limit: Option<u64>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) init: Option<InitJob>,
 }
@@ -47,6 +48,9 @@ pub(crate) struct PoolCtx {
     pub(crate) queue: async_channel::Receiver<Job>,
     /// Closed by `terminate`: every supervisor kills its worker at once.
     pub(crate) stop: async_channel::Receiver<()>,
+    /// Keeps `stop` open until it is closed on purpose (a channel also closes
+    /// when its last sender goes, which must not happen when handles drop).
+    pub(crate) _stop_sender: async_channel::Sender<()>,
     /// Per slot: a task it is running was cancelled.
     pub(crate) cancels: Vec<Notify>,
     /// Per slot: pid of the live worker, 0 when none.
@@ -149,10 +153,13 @@ pub(crate) async fn supervise(
                 let deadline = tokio::time::sleep(pause);
                 tokio::pin!(deadline);
                 loop {
+                    // Take jobs only while no other worker is alive to run them.
+                    let orphaned = ctx.live.load(Ordering::Acquire) == 0;
                     tokio::select! {
                         _ = &mut deadline => break,
                         _ = ctx.stop.recv() => break,
-                        job = ctx.queue.recv() => match job {
+                        _ = tokio::time::sleep(Duration::from_millis(50)), if !orphaned => {}
+                        job = ctx.queue.recv(), if orphaned => match job {
                             Ok(job) => {
                                 Counters::bump(&ctx.counters.failed);
                                 job.slot.fail(TaskError::WorkerStart(why.clone()));
@@ -166,6 +173,13 @@ pub(crate) async fn supervise(
     }
     for job in carried {
         job.slot.fail(TaskError::PoolClosed);
+    }
+    // Whatever path ended this slot, leave no queued task unresolved once the
+    // queue can no longer be served.
+    if ctx.stop.is_closed() || ctx.queue.is_closed() {
+        while let Ok(job) = ctx.queue.try_recv() {
+            job.slot.fail(TaskError::PoolClosed);
+        }
     }
 }
 
@@ -210,7 +224,8 @@ struct InFlight {
 }
 
 struct Worker {
-    process: Box<dyn WorkerProcess>,
+    /// Taken by [`Worker::reap`]; every path out of `start` or `serve` reaps.
+    process: Option<Box<dyn WorkerProcess>>,
     pid: u32,
     tx: pipe::Sender,
     rx: pipe::Receiver,
@@ -225,36 +240,42 @@ impl Worker {
         let spec = LaunchSpec {
             identity: ctx.config.identity,
             max_frame: ctx.config.max_frame,
+            memory_limit: ctx.config.memory_limit,
         };
         let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
-        let mut process = launched.process;
+        let process = launched.process;
         let pid = process.pid();
         let pipes = pipe::Sender::from_owned_fd(launched.to_worker)
             .and_then(|tx| pipe::Receiver::from_owned_fd(launched.from_worker).map(|rx| (tx, rx)));
         let (tx, rx) = match pipes {
             Ok(p) => p,
             Err(e) => {
-                reap(process.as_mut());
+                reap_process(process).await;
                 return Err(Error::Io(e));
             }
         };
         let mut worker = Worker {
-            process,
+            process: Some(process),
             pid,
             tx,
             rx,
             inbuf: Vec::with_capacity(64 * 1024),
             next_seq: 1,
         };
-        let started = tokio::time::timeout(ctx.config.start_timeout, worker.greet(ctx)).await;
+        let timeout = ctx.config.start_timeout;
+        let started = tokio::select! {
+            r = tokio::time::timeout(timeout, worker.greet(ctx)) => r,
+            // `terminate` must not wait for a slow start.
+            _ = ctx.stop.recv() => Ok(Err(handshake(pid, "the pool was terminated during start"))),
+        };
         match started {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(e)) => {
-                reap(worker.process.as_mut());
+                worker.reap().await;
                 Err(e)
             }
             Err(_) => {
-                reap(worker.process.as_mut());
+                worker.reap().await;
                 Err(handshake(pid, "timed out starting"))
             }
         }
@@ -276,7 +297,7 @@ impl Worker {
             Ok(Some(Ok(_))) => return Err(handshake(pid, "unexpected first message")),
             Ok(Some(Err(e))) => return Err(handshake(pid, &e.to_string())),
             Ok(None) => {
-                let exit = reap(self.process.as_mut());
+                let exit = self.reap().await;
                 return Err(handshake(
                     pid,
                     &format!("exited during start ({})", describe(exit)),
@@ -304,7 +325,7 @@ impl Worker {
         let body = match self.read_frame(max).await {
             Ok(Some(body)) => body,
             Ok(None) => {
-                let exit = reap(self.process.as_mut());
+                let exit = self.reap().await;
                 return Err(failed(format!(
                     "the worker died in the initializer ({})",
                     describe(exit)
@@ -424,8 +445,14 @@ impl Worker {
                 biased;
                 _ = ctx.stop.recv() => break Stop::Terminated,
                 _ = ctx.cancels[idx].notified() => {
-                    if let Some(front) = inflight.front() {
-                        if front.job.slot.is_cancelled() {
+                    if inflight.front().is_some_and(|f| f.job.slot.is_cancelled()) {
+                        // The worker may have just finished that job and moved
+                        // on: take any result already here before killing, so
+                        // the kill lands on the cancelled job.
+                        if let Err(e) = self.take_available(ctx, &mut inflight) {
+                            break Stop::Protocol(e);
+                        }
+                        if inflight.front().is_some_and(|f| f.job.slot.is_cancelled()) {
                             break Stop::Cancelled;
                         }
                     }
@@ -504,14 +531,20 @@ impl Worker {
         match stop {
             Stop::Drained | Stop::Retire(_) => {
                 // Closing the job pipe tells the worker to exit; give it a moment
-                // to do so cleanly before making sure.
+                // to do so cleanly before making sure (at once on terminate).
                 drop(self.tx);
                 let mut sink = [0u8; 1024];
+                let rx = &mut self.rx;
                 let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    while matches!(self.rx.read(&mut sink).await, Ok(n) if n > 0) {}
+                    tokio::select! {
+                        _ = async { while matches!(rx.read(&mut sink).await, Ok(n) if n > 0) {} } => {}
+                        _ = ctx.stop.recv() => {}
+                    }
                 })
                 .await;
-                reap(self.process.as_mut());
+                if let Some(process) = self.process.take() {
+                    reap_process(process).await;
+                }
                 match stop {
                     Stop::Retire(why) => {
                         let c = &ctx.counters;
@@ -534,7 +567,7 @@ impl Worker {
                 }
             }
             Stop::Terminated => {
-                reap(self.process.as_mut());
+                self.reap().await;
                 tracing::debug!(pid, slot = idx, "worker killed: pool terminated");
                 for entry in inflight {
                     entry.job.slot.fail(TaskError::PoolClosed);
@@ -542,7 +575,19 @@ impl Worker {
                 Ended::Stopped
             }
             Stop::Cancelled | Stop::Died | Stop::Protocol(_) => {
-                let exit = reap(self.process.as_mut());
+                if matches!(stop, Stop::Died) {
+                    // Results the worker wrote before dying are still in the
+                    // pipe: deliver them before blaming the job it was on.
+                    let mut rest = Vec::new();
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(200),
+                        self.rx.read_to_end(&mut rest),
+                    )
+                    .await;
+                    self.inbuf.extend_from_slice(&rest);
+                    let _ = self.take_results(ctx, &mut inflight);
+                }
+                let exit = self.reap().await;
                 let c = &ctx.counters;
                 match &stop {
                     Stop::Cancelled => {
@@ -578,6 +623,32 @@ impl Worker {
                 Ended::Lost
             }
         }
+    }
+
+    /// Kills and reaps the worker process (once).
+    async fn reap(&mut self) -> Option<ExitInfo> {
+        match self.process.take() {
+            Some(process) => reap_process(process).await,
+            None => None,
+        }
+    }
+
+    /// Reads whatever the worker has already written, without waiting, and
+    /// handles the complete frames.
+    fn take_available(
+        &mut self,
+        ctx: &PoolCtx,
+        inflight: &mut VecDeque<InFlight>,
+    ) -> Result<(), String> {
+        loop {
+            self.inbuf.reserve(64 * 1024);
+            match self.rx.try_read_buf(&mut self.inbuf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(_) => break, // would block, or an error the next read sees
+            }
+        }
+        self.take_results(ctx, inflight)
     }
 
     /// Handles every complete frame in `inbuf`.
@@ -617,8 +688,11 @@ impl Worker {
             if let Err(e) = pop_skipped(ctx, inflight, |s| s < seq) {
                 break Err(e);
             }
+            if inflight.front().map(|e| e.seq) != Some(seq) {
+                break Err(format!("result for job {seq}, which it was not running"));
+            }
             match inflight.pop_front() {
-                Some(entry) if entry.seq == seq => {
+                Some(entry) => {
                     counters.running.fetch_sub(1, Ordering::Relaxed);
                     // Count first, so a caller woken by the result sees it in
                     // the statistics.
@@ -631,7 +705,7 @@ impl Worker {
                     }
                     entry.job.slot.deliver(status, payload, self.pid);
                 }
-                _ => break Err(format!("result for job {seq}, which it was not running")),
+                None => unreachable!("checked above"),
             }
             // Now learn which job the worker runs next.
             let skipped = if next != 0 {
@@ -693,10 +767,15 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(pages * rustix::param::page_size() as u64)
 }
 
-/// Kills (harmless if it already exited) and reaps a worker.
-fn reap(process: &mut dyn WorkerProcess) -> Option<ExitInfo> {
+/// Kills (harmless if it already exited) and reaps a worker. The wait runs
+/// on tokio's blocking pool: a large process can take a while to tear down,
+/// and all slots share the supervisor thread.
+async fn reap_process(mut process: Box<dyn WorkerProcess>) -> Option<ExitInfo> {
     process.kill();
-    process.wait().ok()
+    tokio::task::spawn_blocking(move || process.wait().ok())
+        .await
+        .ok()
+        .flatten()
 }
 
 fn handshake(pid: u32, message: &str) -> Error {

@@ -17,6 +17,39 @@ pub(crate) const ENV_VAR: &str = "PROCPOOL_WORKER";
 
 static IS_WORKER: AtomicBool = AtomicBool::new(false);
 
+/// The result pipe's descriptor inside a worker (-1 elsewhere); only the
+/// protocol-fault test hook uses it.
+pub(crate) static OUTPUT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Test hook: from inside a task, writes bytes that are not a valid frame to
+/// the parent, as a corrupted or malicious worker would. Does nothing outside
+/// a worker.
+#[doc(hidden)]
+pub fn corrupt_protocol_stream() {
+    write_to_parent(&[0xff, 0xff, 0xff, 0x7f, 0xde, 0xad]);
+}
+
+/// Test hook: from inside a task, sends a well-formed result for a job the
+/// parent never sent.
+#[doc(hidden)]
+pub fn send_result_for_unknown_job() {
+    let mut frame = Vec::new();
+    crate::wire::begin_result(&mut frame, 0, crate::wire::Status::Ok);
+    frame.push(0xc0); // MessagePack nil
+    crate::wire::finish_result(&mut frame, 0, 0, 0);
+    write_to_parent(&frame);
+}
+
+fn write_to_parent(bytes: &[u8]) {
+    let fd = OUTPUT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: the descriptor stays open for the worker's whole life; the
+        // borrow ends with this call.
+        let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::write(out, bytes);
+    }
+}
+
 /// True inside a worker process. A process pool must not be built here.
 pub(crate) fn is_worker() -> bool {
     IS_WORKER.load(Ordering::Relaxed)

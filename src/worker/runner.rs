@@ -30,7 +30,16 @@ pub(super) fn serve(spec: Spec) -> i32 {
             OwnedFd::from_raw_fd(spec.lifeline),
         )
     };
+    // The descriptors were inherited across exec; processes this worker's
+    // tasks start must not inherit them in turn (a grandchild holding the
+    // result pipe would hide this worker's death from the parent).
+    for fd in [spec.input, spec.output, spec.lifeline] {
+        // SAFETY: owned by the values above, which outlive this loop.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
+    }
     watch_lifeline(lifeline);
+    super::OUTPUT_FD.store(spec.output, std::sync::atomic::Ordering::Relaxed);
     panic_info::install(true);
 
     let mut runner = Runner {
@@ -127,8 +136,10 @@ impl Runner {
     fn run(&mut self) -> io::Result<()> {
         rustix::fs::fcntl_setfl(&self.input, rustix::fs::OFlags::NONBLOCK)?;
         loop {
+            // Also while busy: a long backlog must not keep every argument
+            // ever received.
+            self.compact();
             if self.jobs.is_empty() {
-                self.compact();
                 if !self.fill(true)? {
                     return Ok(()); // the parent closed the job pipe: we are done
                 }
