@@ -95,5 +95,8 @@ pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
 /// Hooks for procpool's own fault-injection tests; not part of the API.
 #[doc(hidden)]
 pub mod __test_hooks {
-    pub use crate::worker::{corrupt_protocol_stream, send_result_for_unknown_job};
+    pub use crate::wire::{decode_all, FrameError};
+    pub use crate::worker::{
+        corrupt_protocol_stream, send_result_for_unknown_job, write_bytes_to_parent,
+    };
 }

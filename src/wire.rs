@@ -87,9 +87,14 @@ pub(crate) const JOB_HEADER: usize = 1 + 8 + 8 + 8;
 
 /// A frame that cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// The declared length is over the limit.
-    TooLarge { len: u64, max: u64 },
+    TooLarge {
+        /// Declared body length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The body does not parse as any message.
     Malformed(&'static str),
 }
@@ -337,9 +342,56 @@ pub(crate) fn finish_result(out: &mut [u8], next: u64, seen: u64, nanos: u64) {
     end_frame(out, 0);
 }
 
+/// Runs both sides' decoders over arbitrary bytes, as the fuzz target and the
+/// property tests do: every frame is split with limit `max` and decoded as a
+/// parent → worker and as a worker → parent message. Returns how many frames
+/// decoded; never panics and never allocates.
+pub fn decode_all(mut bytes: &[u8], max: u64) -> Result<usize, FrameError> {
+    let mut decoded = 0;
+    while let Some((body, used)) = split_frame(bytes, max)? {
+        let body = &bytes[body];
+        decoded += usize::from(ToWorker::decode(body).is_ok());
+        decoded += usize::from(FromWorker::decode(body).is_ok());
+        bytes = &bytes[used..];
+    }
+    Ok(decoded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0u64..1024) {
+            let _ = decode_all(&bytes, max);
+        }
+
+        #[test]
+        fn declared_lengths_over_the_limit_are_refused(len in 1025u32.., tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = len.to_le_bytes().to_vec();
+            bytes.extend(tail);
+            prop_assert_eq!(split_frame(&bytes, 1024), Err(FrameError::TooLarge { len: len as u64, max: 1024 }));
+        }
+
+        #[test]
+        fn valid_frames_survive_any_split(seq in any::<u64>(), args in proptest::collection::vec(any::<u8>(), 0..300), cut in 0usize..400) {
+            let mut out = Vec::new();
+            encode_job(&mut out, seq, 1, 2, &args);
+            let cut = cut.min(out.len());
+            // A prefix is either incomplete or, if whole, the same frame.
+            match split_frame(&out[..cut], u64::MAX).unwrap() {
+                None => prop_assert!(cut < out.len()),
+                Some((body, _)) => prop_assert_eq!(
+                    ToWorker::decode(&out[body]).unwrap(),
+                    ToWorker::Job { seq, func: 1, trampoline: 2, args: &args }
+                ),
+            }
+        }
+    }
 
     #[test]
     fn job_and_cancel_round_trip() {

@@ -40,6 +40,13 @@ pub fn send_result_for_unknown_job() {
     write_to_parent(&frame);
 }
 
+/// Test hook: from inside a task, writes `bytes` to the parent's protocol
+/// channel (the fuzz tests send arbitrary bytes this way).
+#[doc(hidden)]
+pub fn write_bytes_to_parent(bytes: &[u8]) {
+    write_to_parent(bytes);
+}
+
 fn write_to_parent(bytes: &[u8]) {
     let fd = OUTPUT_FD.load(Ordering::Relaxed);
     if fd >= 0 {

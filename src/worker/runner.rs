@@ -255,3 +255,64 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn runner(max_frame: u64) -> Runner {
+        let null = || OwnedFd::from(File::open("/dev/null").unwrap());
+        Runner {
+            input: null(),
+            output: File::open("/dev/null").unwrap(),
+            inbuf: Vec::new(),
+            parsed: 0,
+            jobs: VecDeque::new(),
+            seen: 0,
+            max_frame,
+            out: Vec::new(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Arbitrary input is either parsed into jobs whose argument ranges lie
+        /// inside the buffer, or refused with an error; never a panic.
+        #[test]
+        fn the_worker_decoder_survives_arbitrary_bytes(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 1..8),
+        ) {
+            let mut r = runner(256);
+            for chunk in chunks {
+                r.inbuf.extend_from_slice(&chunk);
+                if r.parse().is_err() {
+                    break;
+                }
+                for job in &r.jobs {
+                    prop_assert!(job.args.end <= r.inbuf.len() && job.frame_start < job.args.start);
+                }
+                r.compact();
+                prop_assert!(r.parsed <= r.inbuf.len());
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_pending_jobs_intact() {
+        let mut r = runner(1 << 20);
+        for seq in 1..=3u64 {
+            wire::encode_job(&mut r.inbuf, seq, 0, 0, &[seq as u8; 100]);
+        }
+        r.parse().unwrap();
+        r.jobs.pop_front();
+        r.jobs.pop_front();
+        // Two of three frames consumed: more than half the buffer, so it moves.
+        r.compact();
+        let job = r.jobs.front().unwrap();
+        assert_eq!(job.seq, 3);
+        assert_eq!(job.frame_start, 0);
+        assert_eq!(&r.inbuf[job.args.clone()], &[3u8; 100][..]);
+    }
+}
