@@ -72,6 +72,7 @@
 
 #![warn(missing_docs)]
 
+mod buffer;
 mod error;
 mod func_ref;
 mod map;

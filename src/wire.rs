@@ -82,8 +82,6 @@ impl Status {
 pub(crate) const LEN_PREFIX: usize = 4;
 /// Bytes a `RESULT` body holds before its payload.
 pub(crate) const RESULT_HEADER: usize = 1 + 8 + 8 + 8 + 8 + 1;
-/// Bytes a `JOB` body holds before its argument bytes.
-pub(crate) const JOB_HEADER: usize = 1 + 8 + 8 + 8;
 
 /// A frame that cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +233,23 @@ pub(crate) fn encode_job(out: &mut Vec<u8>, seq: u64, func: u64, trampoline: u64
     out.extend_from_slice(&trampoline.to_le_bytes());
     out.extend_from_slice(args);
     end_frame(out, start);
+}
+
+/// Starts a `JOB` frame in an empty `out`, with sequence number 0 (set later
+/// with [`set_job_seq`]); append the argument bytes, then call [`end_frame`]
+/// with start 0.
+pub(crate) fn begin_job(out: &mut Vec<u8>, func: u64, trampoline: u64) {
+    debug_assert!(out.is_empty());
+    begin_frame(out);
+    out.push(TAG_JOB);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&func.to_le_bytes());
+    out.extend_from_slice(&trampoline.to_le_bytes());
+}
+
+/// Sets the sequence number of a frame built with [`begin_job`].
+pub(crate) fn set_job_seq(frame: &mut [u8], seq: u64) {
+    frame[LEN_PREFIX + 1..LEN_PREFIX + 9].copy_from_slice(&seq.to_le_bytes());
 }
 
 /// Appends a `CANCEL` frame.
@@ -415,6 +430,18 @@ mod tests {
             ToWorker::Cancel { seq: 9 }
         );
         assert_eq!(used2, rest.len());
+    }
+
+    #[test]
+    fn a_prebuilt_job_frame_matches_encode_job() {
+        let mut direct = Vec::new();
+        encode_job(&mut direct, 42, 3, 4, b"xyz");
+        let mut built = Vec::new();
+        begin_job(&mut built, 3, 4);
+        built.extend_from_slice(b"xyz");
+        end_frame(&mut built, 0);
+        set_job_seq(&mut built, 42);
+        assert_eq!(built, direct);
     }
 
     #[test]

@@ -6,15 +6,16 @@ use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 
-use crate::func_ref::FnRef;
 use crate::task::Shared;
 use crate::wire::Status;
 use crate::{CodecStage, TaskError};
 
-/// One call, serialised on the caller's side.
+/// One call, serialised on the caller's side straight into its `JOB` frame
+/// (the supervisor only fills in the sequence number). The frame is shared
+/// with the writer so large arguments are never copied again, and kept until
+/// the result arrives so the job can be resent if its worker dies first.
 pub(crate) struct Job {
-    pub(crate) fn_ref: FnRef,
-    pub(crate) args: Vec<u8>,
+    pub(crate) frame: Arc<Vec<u8>>,
     pub(crate) slot: Arc<dyn JobSlot>,
     /// When it was spawned (for wait-time statistics).
     pub(crate) queued_at: Instant,

@@ -3,6 +3,7 @@
 mod init;
 mod job;
 pub(crate) mod launcher;
+mod outbox;
 mod supervisor;
 
 use std::fmt::Display;
@@ -216,13 +217,15 @@ impl ProcessPool {
         T: Serialize + ?Sized,
     {
         let fn_ref = FnRef::new(f).map_err(|why| Task::failed(TaskError::Unsupported(why)))?;
-        let args = rmp_serde::to_vec(args).map_err(|e| {
+        let mut frame = Vec::new();
+        wire::begin_job(&mut frame, fn_ref.func, fn_ref.trampoline);
+        rmp_serde::encode::write(&mut frame, args).map_err(|e| {
             Task::failed(TaskError::Serialization {
                 stage: CodecStage::EncodeArgument,
                 message: e.to_string(),
             })
         })?;
-        let size = (args.len() + wire::JOB_HEADER) as u64;
+        let size = (frame.len() - wire::LEN_PREFIX) as u64;
         if size > self.handle.max_frame {
             return Err(Task::failed(TaskError::TooLarge {
                 what: "argument",
@@ -230,10 +233,10 @@ impl ProcessPool {
                 max: self.handle.max_frame,
             }));
         }
+        wire::end_frame(&mut frame, 0);
         let shared = Arc::new(Shared::<R>::new(Some(self.handle.hook.clone())));
         let job = Job {
-            fn_ref,
-            args,
+            frame: Arc::new(frame),
             slot: shared.clone(),
             queued_at: Instant::now(),
         };

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use super::init::InitJob;
 use super::job::Job;
 use super::launcher::{ExitInfo, LaunchSpec, Launcher, WorkerProcess};
+use super::outbox::Outbox;
 use crate::stats::Counters;
 use crate::task::CancelHook;
 use crate::wire::{self, FromWorker, Status};
@@ -230,6 +231,8 @@ struct Worker {
     tx: pipe::Sender,
     rx: pipe::Receiver,
     inbuf: Vec<u8>,
+    /// Releases `inbuf`'s memory once large results stop coming.
+    keeper: crate::buffer::Keeper,
     /// Sequence number of the next job sent.
     next_seq: u64,
 }
@@ -260,6 +263,7 @@ impl Worker {
             tx,
             rx,
             inbuf: Vec::with_capacity(64 * 1024),
+            keeper: Default::default(),
             next_seq: 1,
         };
         let timeout = ctx.config.start_timeout;
@@ -376,19 +380,20 @@ impl Worker {
         let max = cfg.max_frame;
         let depth = cfg.pipeline_depth.max(1);
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
-        let mut out: Vec<u8> = Vec::new();
-        let mut out_pos = 0usize;
+        let mut out = Outbox::default();
         let mut queue_open = true;
         let mut sent: u64 = 0;
         let mut retiring: Option<Retire> = None;
         let mut was_idle = false;
         let mut next_seq = self.next_seq;
 
-        let mut send = |job: Job, out: &mut Vec<u8>, inflight: &mut VecDeque<InFlight>| {
+        let mut send = |mut job: Job, out: &mut Outbox, inflight: &mut VecDeque<InFlight>| {
             let seq = next_seq;
             next_seq += 1;
-            let f = job.fn_ref;
-            wire::encode_job(out, seq, f.func, f.trampoline, &job.args);
+            // Unique here: the previous writer's reference (if the job is
+            // being resent) went with the previous worker.
+            wire::set_job_seq(Arc::make_mut(&mut job.frame).as_mut_slice(), seq);
+            out.push_frame(&job.frame);
             Counters::bump(&ctx.counters.running);
             inflight.push_back(InFlight {
                 seq,
@@ -404,7 +409,7 @@ impl Worker {
         }
 
         let stop = loop {
-            let writing = out_pos < out.len();
+            let writing = !out.is_empty();
             let idle = inflight.is_empty();
             if idle != was_idle {
                 if idle {
@@ -458,7 +463,7 @@ impl Worker {
                     }
                     for entry in inflight.iter_mut().skip(1) {
                         if !entry.cancel_sent && entry.job.slot.is_cancelled() {
-                            wire::encode_cancel(&mut out, entry.seq);
+                            wire::encode_cancel(out.small_buffer(), entry.seq);
                             entry.cancel_sent = true;
                         }
                     }
@@ -481,17 +486,8 @@ impl Worker {
                         }
                     }
                 },
-                written = self.tx.write(&out[out_pos..]), if writing => match written {
-                    Ok(n) => {
-                        out_pos += n;
-                        if out_pos == out.len() {
-                            out.clear();
-                            out_pos = 0;
-                            if out.capacity() > 4 << 20 {
-                                out = Vec::new();
-                            }
-                        }
-                    }
+                written = self.tx.write(out.front()), if writing => match written {
+                    Ok(n) => out.advance(n),
                     Err(_) => break Stop::Died,
                 },
                 job = ctx.queue.recv(), if take => match job {
@@ -725,6 +721,7 @@ impl Worker {
             }
         };
         self.inbuf.drain(..pos);
+        self.keeper.after_use(&mut self.inbuf, pos);
         outcome
     }
 }

@@ -51,6 +51,8 @@ pub(super) fn serve(spec: Spec) -> i32 {
         seen: 0,
         max_frame: spec.max_frame,
         out: Vec::with_capacity(4096),
+        in_keeper: Default::default(),
+        out_keeper: Default::default(),
     };
 
     let identity = func_ref::build_identity();
@@ -130,6 +132,9 @@ struct Runner {
     max_frame: u64,
     /// The result frame being built.
     out: Vec<u8>,
+    /// Release `inbuf` / `out` memory once large frames stop coming.
+    in_keeper: crate::buffer::Keeper,
+    out_keeper: crate::buffer::Keeper,
 }
 
 impl Runner {
@@ -147,6 +152,10 @@ impl Runner {
             }
             let job = self.jobs.pop_front().expect("not empty");
             self.out.clear();
+            // Results are often about as large as arguments: reserving that
+            // much up front (untouched memory costs nothing) spares a large
+            // result a chain of reallocations and copies.
+            self.out.reserve(job.args.len());
             wire::begin_result(&mut self.out, job.seq, Status::Ok);
             let args = &self.inbuf[job.args.clone()];
             let started = std::time::Instant::now();
@@ -169,9 +178,8 @@ impl Runner {
             let next = self.jobs.front().map_or(0, |j| j.seq);
             wire::finish_result(&mut self.out, next, self.seen, nanos);
             self.output.write_all(&self.out)?;
-            if self.out.capacity() > 1 << 20 {
-                self.out = Vec::with_capacity(4096);
-            }
+            let used = self.out.len();
+            self.out_keeper.after_use(&mut self.out, used);
             if !open && self.jobs.is_empty() {
                 return Ok(());
             }
@@ -250,9 +258,7 @@ impl Runner {
             job.frame_start -= keep_from;
             job.args = job.args.start - keep_from..job.args.end - keep_from;
         }
-        if self.inbuf.capacity() > 4 << 20 && self.inbuf.len() < 64 * 1024 {
-            self.inbuf.shrink_to(64 * 1024);
-        }
+        self.in_keeper.after_use(&mut self.inbuf, keep_from);
     }
 }
 
@@ -272,6 +278,8 @@ mod tests {
             seen: 0,
             max_frame,
             out: Vec::new(),
+            in_keeper: Default::default(),
+            out_keeper: Default::default(),
         }
     }
 
