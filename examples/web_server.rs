@@ -219,7 +219,9 @@ struct Server {
 fn start_server(mode: Mode, timeout: Duration, port: u16) -> Result<Server, BoxError> {
     // One worker process per core; created before the runtime, no setup needed.
     let pool = match mode {
-        Mode::Procpool => Some(ProcessPool::new(0)?),
+        // Lower-priority workers: when they saturate the CPU, the runtime's
+        // threads still get it at once, which keeps /health fast.
+        Mode::Procpool => Some(ProcessPool::builder().worker_niceness(10).build()?),
         _ => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -70,6 +70,10 @@ fn leak_mib(mib: usize) -> u32 {
     std::process::id()
 }
 
+fn niceness(_: ()) -> i32 {
+    rustix::process::getpriority_process(None).unwrap()
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -343,4 +347,17 @@ async fn a_thread_pool_has_a_bounded_queue_and_stats() {
     let s = pool.stats();
     assert_eq!((s.completed, s.failed, s.workers), (3, 1, 1));
     assert_eq!(s.wait_time.count, 4);
+}
+
+#[tokio::test]
+async fn workers_can_run_at_a_lower_priority() {
+    let base = niceness(());
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .worker_niceness(10)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(niceness, ()).await, Ok((base + 10).min(19)));
+    let plain = ProcessPool::new(1).unwrap();
+    assert_eq!(plain.apply(niceness, ()).await, Ok(base));
 }

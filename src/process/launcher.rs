@@ -22,6 +22,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) max_frame: u64,
     /// Hard cap on the worker's data segment (heap), if any.
     pub(crate) memory_limit: Option<u64>,
+    /// How much lower than the parent's the worker's priority is (0 = same).
+    pub(crate) nice: i32,
 }
 
 /// A started worker: the parent's ends of its two streams, and the process.
@@ -104,6 +106,7 @@ impl Launcher for LocalLauncher {
 
         let parent = rustix::process::getpid();
         let memory_limit = spec.memory_limit;
+        let nice = spec.nice;
         let mut cmd = Command::new(executable()?);
         cmd.env(worker::ENV_VAR, env).stdin(Stdio::null());
         // SAFETY: the closure runs in the forked child before exec and only
@@ -115,6 +118,11 @@ impl Launcher for LocalLauncher {
                     // alive until `spawn` returns.
                     let fd = BorrowedFd::borrow_raw(fd);
                     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                }
+                if nice != 0 {
+                    // Relative to the parent's, so it only ever lowers priority.
+                    let current = rustix::process::getpriority_process(None)?;
+                    rustix::process::setpriority_process(None, (current + nice).min(19))?;
                 }
                 if let Some(bytes) = memory_limit {
                     // Allocation beyond this fails in the worker, which then

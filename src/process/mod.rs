@@ -524,6 +524,7 @@ pub struct ProcessPoolBuilder {
     max_tasks: Option<u64>,
     max_memory: Option<u64>,
     memory_limit: Option<u64>,
+    nice: i32,
     idle_timeout: Option<Duration>,
     max_queue: Option<usize>,
     init: Option<Result<InitJob, String>>,
@@ -541,6 +542,7 @@ impl Default for ProcessPoolBuilder {
             max_tasks: None,
             max_memory: None,
             memory_limit: None,
+            nice: 0,
             idle_timeout: None,
             max_queue: None,
             init: None,
@@ -677,6 +679,20 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Runs the workers at a lower scheduling priority: their niceness is the
+    /// parent's plus `nice` (capped at 19; default 0 = the parent's). With the CPU saturated by tasks, the
+    /// parent's own threads — an async server's runtime, say — then still get
+    /// the CPU at once, which keeps its latency low.
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::builder().workers(2).worker_niceness(10).build()?;
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn worker_niceness(mut self, nice: i32) -> Self {
+        self.nice = nice.clamp(0, 19);
+        self
+    }
+
     /// Bounds the number of queued tasks. When the queue is full,
     /// [`spawn`](ProcessPool::spawn) blocks the calling thread,
     /// [`spawn_async`](ProcessPool::spawn_async) and
@@ -759,6 +775,7 @@ impl ProcessPoolBuilder {
                 max_tasks: self.max_tasks,
                 max_memory: self.max_memory,
                 memory_limit: self.memory_limit,
+                nice: self.nice,
                 idle_timeout: self.idle_timeout,
                 init,
             },

@@ -38,6 +38,7 @@ pub(crate) struct SlotConfig {
     pub(crate) max_tasks: Option<u64>,
     pub(crate) max_memory: Option<u64>,
     pub(crate) memory_limit: Option<u64>,
+    pub(crate) nice: i32,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) init: Option<InitJob>,
 }
@@ -244,6 +245,7 @@ impl Worker {
             identity: ctx.config.identity,
             max_frame: ctx.config.max_frame,
             memory_limit: ctx.config.memory_limit,
+            nice: ctx.config.nice,
         };
         let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
         let process = launched.process;
