@@ -134,6 +134,10 @@ async fn a_dropped_task_sent_ahead_is_skipped_without_a_kill() {
         .build()
         .unwrap();
     let dir = temp_dir("ahead");
+    // Quick tasks teach the pool that sending ahead is worthwhile.
+    for i in 0..50 {
+        pool.apply(square, i).await.unwrap();
+    }
     let before = pool.worker_pids();
     let first = pool.spawn(sleep_ms, 300);
     let mut rest: Vec<_> = (0..6)

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +64,8 @@ pub(crate) struct PoolCtx {
     /// A task was queued while no worker was idle: a lazy slot should start one.
     pub(crate) demand: Notify,
     pub(crate) counters: Counters,
+    /// Moving average of task run time, in nanoseconds (0 = none yet).
+    pub(crate) typical_run_nanos: AtomicU64,
 }
 
 impl CancelHook for PoolCtx {
@@ -72,10 +74,34 @@ impl CancelHook for PoolCtx {
     }
 }
 
+/// Work a worker may be sent ahead of the job it runs, in expected run time:
+/// enough to hide a round trip, too little to strand tasks behind a long one.
+const AHEAD_NANOS: u64 = 200_000;
+
 impl PoolCtx {
     /// True when slots start workers only on demand and may retire them.
     pub(crate) fn elastic(&self) -> bool {
         self.config.min_workers < self.config.workers
+    }
+
+    /// How many jobs a worker may hold at once, from the typical run time.
+    fn depth(&self) -> usize {
+        let max = self.config.pipeline_depth.max(1);
+        match self.typical_run_nanos.load(Ordering::Relaxed) {
+            0 => 1, // nothing measured yet: be careful
+            t => ((AHEAD_NANOS / t) as usize).clamp(1, max),
+        }
+    }
+
+    /// Folds one measured run time into the moving average.
+    fn observe_run(&self, nanos: u64) {
+        let old = self.typical_run_nanos.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            nanos
+        } else {
+            (old * 7 + nanos) / 8
+        };
+        self.typical_run_nanos.store(new.max(1), Ordering::Relaxed);
     }
 }
 
@@ -380,7 +406,6 @@ impl Worker {
     async fn serve(mut self, ctx: &PoolCtx, idx: usize, carried: &mut VecDeque<Job>) -> Ended {
         let cfg = &ctx.config;
         let max = cfg.max_frame;
-        let depth = cfg.pipeline_depth.max(1);
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut out = Outbox::default();
         let mut queue_open = true;
@@ -435,6 +460,7 @@ impl Worker {
             // Send ahead only while the backlog is deep (at least two waiting
             // tasks per worker), so pipelining never leaves another worker idle
             // or strands a burst of tasks behind a long one.
+            let depth = ctx.depth();
             let room = |inflight: &VecDeque<InFlight>, sent: u64| {
                 cfg.max_tasks.is_none_or(|m| sent < m)
                     && (inflight.is_empty()
@@ -694,6 +720,7 @@ impl Worker {
                     counters.running.fetch_sub(1, Ordering::Relaxed);
                     // Count first, so a caller woken by the result sees it in
                     // the statistics.
+                    ctx.observe_run(nanos);
                     let run = Duration::from_nanos(nanos);
                     let wait = entry.job.queued_at.elapsed().saturating_sub(run);
                     if entry.job.slot.is_cancelled() {
