@@ -36,16 +36,31 @@
 //! | `pool.apply(f, (x,))`                                         | `pool.apply(f, x).await` or [`pool.apply_blocking(f, x)`](ProcessPool::apply_blocking) |
 //! | `pool.apply_async(f, (x,))` / `executor.submit(f, x)`         | [`pool.spawn(f, x)`](ProcessPool::spawn) → [`Task`]          |
 //! | `AsyncResult.get(timeout)` / `Future.result(timeout)`         | `tokio::time::timeout(d, task).await` — and the work stops   |
-//! | `Future.cancel()`                                             | [`task.abort()`](Task::abort) or drop it — works while running too |
-//! | `starmap(f, [(a, b), …])`, `submit(f, a, b)`                  | a tuple argument: `pool.spawn(\|(a, b)\| f(a, b), (a, b))`   |
-//! | `as_completed(futures)`                                       | `FuturesUnordered` of tasks                                  |
+//! | `Future.cancel()`                                             | [`task.cancel_if_queued()`](Task::cancel_if_queued); [`task.abort()`](Task::abort) or dropping it also stops a running task |
+//! | `pool.map(f, xs)` / `executor.map(f, xs)`                     | [`pool.map(f, xs)`](ProcessPool::map)`.try_collect().await`  |
+//! | `pool.imap(f, xs)`                                            | [`pool.map(f, xs)`](ProcessPool::map) (a `Stream`), [`pool.map_blocking(f, xs)`](ProcessPool::map_blocking) (an `Iterator`) |
+//! | `pool.imap_unordered(f, xs)`, `as_completed(futures)`         | [`pool.map_unordered(f, xs)`](ProcessPool::map_unordered), or a `FuturesUnordered` of tasks |
+//! | `pool.starmap(f, [(a, b), …])`, `submit(f, a, b)`             | a tuple argument: `pool.map(\|(a, b)\| f(a, b), pairs)`       |
+//! | `chunksize=`                                                  | automatic (measured), or [`.chunk_size(n)`](Map::chunk_size) |
+//! | `map_async`, `starmap_async`                                  | the `Map` stream is already asynchronous                     |
 //! | `wait(futures)`                                               | `futures::future::join_all(tasks)`                           |
+//! | `initializer=f, initargs=(x,)`                                | [`builder().initializer(f, x)`](ProcessPoolBuilder::initializer) |
+//! | `maxtasksperchild=n` / `max_tasks_per_child=n`                | [`builder().max_tasks_per_worker(n)`](ProcessPoolBuilder::max_tasks_per_worker) |
 //! | `pool.close(); pool.join()` / `executor.shutdown(wait=True)`  | [`pool.shutdown().await`](ProcessPool::shutdown)             |
 //! | `pool.terminate()` / `shutdown(cancel_futures=True)`          | [`pool.terminate()`](ProcessPool::terminate)                 |
-//! | `with Pool() as p:`                                           | drop the last handle: queued work finishes, workers exit     |
+//! | `with Pool() as p:`                                           | drop the last handle: spawned work finishes, workers exit    |
 //! | callback / `add_done_callback`                                | `.await` the task, or `tokio::spawn` a block that awaits it  |
-//! | `BrokenProcessPool`, hang on worker death                     | only the affected task fails: [`TaskError::WorkerDied`]       |
-//! | exception in the task                                         | [`TaskError::Panicked`] with message and location            |
+//! | `BrokenProcessPool`, a hang when a worker dies                | only the affected task fails: [`TaskError::WorkerDied`]      |
+//! | an exception in the task                                      | [`TaskError::Panicked`] with message and location            |
+//!
+//! Beyond Python's pools: [`memory_limit_per_worker`](ProcessPoolBuilder::memory_limit_per_worker),
+//! [`max_memory_per_worker`](ProcessPoolBuilder::max_memory_per_worker),
+//! elastic [`min_workers`](ProcessPoolBuilder::min_workers) /
+//! [`idle_timeout`](ProcessPoolBuilder::idle_timeout),
+//! [`max_queue`](ProcessPoolBuilder::max_queue) backpressure
+//! ([`spawn_async`](ProcessPool::spawn_async), [`try_spawn`](ProcessPool::try_spawn)),
+//! [`worker_niceness`](ProcessPoolBuilder::worker_niceness) and
+//! [`stats`](ProcessPool::stats).
 //!
 //! # Cancellation at a glance
 //!
@@ -63,6 +78,25 @@
 //! offset within the executable, which is why tasks must be plain
 //! `fn(A) -> R` (function items or non-capturing closures) and why the workers
 //! verify they are the same build as the parent.
+//!
+//! # Streaming maps
+//!
+//! [`ProcessPool::map`] and friends pull their input lazily, keep a bounded
+//! amount of work in flight, and send items in chunks (one message each way per
+//! chunk) whose size adapts to measured run times: small at first and near the
+//! end of the input, large for cheap items. A failing item fails alone. See
+//! [`Map`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures::TryStreamExt;
+//! fn square(x: u64) -> u64 { x * x }
+//! let pool = procpool::ProcessPool::new(2)?;
+//! let total: u64 = pool.map(square, 0..10_000).try_fold(0, |a, x| async move { Ok(a + x) }).await?;
+//! assert_eq!(total, (0..10_000u64).map(square).sum());
+//! # Ok(()) }
+//! ```
 //!
 //! # Platforms
 //!
