@@ -127,6 +127,11 @@ pub use stats::{PoolStats, Restarts, Summary};
 pub use task::Task;
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
 
+/// README.md's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Hooks for procpool's own fault-injection tests; not part of the API.
 #[doc(hidden)]
 pub mod __test_hooks {
