@@ -11,8 +11,6 @@
 //! a [`build_identity`] that the parent checks, and only for code of the main
 //! executable (not `dlopen`ed libraries), which [`check_in_executable`] enforces.
 
-use std::any::Any;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
@@ -92,12 +90,12 @@ where
             return;
         }
     };
-    let value = match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
+    let value = match panic_info::catch(|| f(arg)) {
         Ok(v) => v,
-        Err(payload) => return encode_panic(out, payload),
+        Err(p) => return encode_panic(out, p),
     };
     // Encoding runs user `Serialize` code, which may panic too.
-    let encoded = panic::catch_unwind(AssertUnwindSafe(|| rmp_serde::encode::write(out, &value)));
+    let encoded = panic_info::catch(|| rmp_serde::encode::write(out, &value));
     drop(value);
     match encoded {
         Ok(Ok(())) => {
@@ -112,17 +110,13 @@ where
             wire::reset_result(out, Status::EncodeResult);
             out.extend_from_slice(e.to_string().as_bytes());
         }
-        Err(payload) => encode_panic(out, payload),
+        Err(p) => encode_panic(out, p),
     }
 }
 
-fn encode_panic(out: &mut Vec<u8>, payload: Box<dyn Any + Send>) {
-    let message = panic_info::message(&*payload);
-    let location = panic_info::take_location();
-    // Dropping a panic payload can itself panic; never let that unwind further.
-    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+fn encode_panic(out: &mut Vec<u8>, p: panic_info::Caught) {
     wire::reset_result(out, Status::Panicked);
-    rmp_serde::encode::write(out, &(message, location)).expect("strings always encode");
+    rmp_serde::encode::write(out, &(p.message, p.location)).expect("strings always encode");
 }
 
 /// Identifies this build of the executable. Equal in a parent and its workers

@@ -14,6 +14,26 @@ thread_local! {
     static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
+/// A caught panic: its message and, when known, its location.
+#[derive(Debug)]
+pub(crate) struct Caught {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+}
+
+/// Runs `f`, turning a panic into a [`Caught`]. The payload is dropped here
+/// (guarded too: dropping a payload can itself panic).
+pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let caught = Caught {
+            message: message(&*payload),
+            location: take_location(),
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+        caught
+    })
+}
+
 /// The panic's message, for `&str` and `String` payloads.
 pub(crate) fn message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

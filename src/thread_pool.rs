@@ -1,6 +1,5 @@
 //! [`ThreadPool`]: run functions on a bounded set of threads in this process.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -234,19 +233,11 @@ impl ThreadPool {
             }
             counters.running.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let outcome = match panic::catch_unwind(AssertUnwindSafe(f)) {
-                Ok(value) => Ok(value),
-                Err(payload) => {
-                    let message = panic_info::message(&*payload);
-                    let location = panic_info::take_location();
-                    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-                    Err(TaskError::Panicked {
-                        message,
-                        location,
-                        pid: None,
-                    })
-                }
-            };
+            let outcome = panic_info::catch(f).map_err(|p| TaskError::Panicked {
+                message: p.message,
+                location: p.location,
+                pid: None,
+            });
             counters.running.fetch_sub(1, Ordering::Relaxed);
             // Count first, so a caller woken by the result sees it counted.
             if slot.is_cancelled() {

@@ -473,41 +473,16 @@ fn main() {
         .unwrap();
     rt.block_on(ProcessPool::new(1).unwrap().shutdown());
     drop(rt);
-    type Test = (&'static str, Box<dyn Fn()>);
-    let tests: [Test; 4] = [
-        (
-            "process_pool_chaos_soak",
-            Box::new(move || soak_process_pool(tasks)),
-        ),
-        (
-            "thread_pool_chaos_soak",
-            Box::new(move || soak_thread_pool(tasks / 4)),
-        ),
+    common::run_sequentially(&[
+        ("process_pool_chaos_soak", &|| soak_process_pool(tasks)),
+        ("thread_pool_chaos_soak", &|| soak_thread_pool(tasks / 4)),
         (
             "a_thousand_concurrent_callers",
-            Box::new(a_thousand_concurrent_callers),
+            &a_thousand_concurrent_callers,
         ),
         (
             "a_bounded_pool_under_overload",
-            Box::new(a_bounded_pool_under_overload),
+            &a_bounded_pool_under_overload,
         ),
-    ];
-    let mut failed = 0;
-    for (name, test) in &tests {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!(
-        "\ntest result: {verdict}. {} passed; {failed} failed",
-        tests.len() - failed
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    ]);
 }

@@ -467,71 +467,56 @@ fn main() {
     // self-pipe, with the dev-dependency's features) must not count as a leak:
     // create it before the first baseline.
     block_on(ProcessPool::new(1).unwrap().shutdown());
-    let tests: &[(&str, fn())] = &[
-        ("panic_fails_its_task", panic_fails_its_task),
-        ("abort_fails_its_task", abort_fails_its_task),
-        ("segfault_fails_its_task", segfault_fails_its_task),
-        ("exit_fails_its_task", exit_fails_its_task),
+    common::run_sequentially(&[
+        ("panic_fails_its_task", &panic_fails_its_task),
+        ("abort_fails_its_task", &abort_fails_its_task),
+        ("segfault_fails_its_task", &segfault_fails_its_task),
+        ("exit_fails_its_task", &exit_fails_its_task),
         (
             "sigkill_while_idle_is_noticed_and_replaced",
-            sigkill_while_idle_is_noticed_and_replaced,
+            &sigkill_while_idle_is_noticed_and_replaced,
         ),
         (
             "sigkill_while_busy_fails_the_running_task",
-            sigkill_while_busy_fails_the_running_task,
+            &sigkill_while_busy_fails_the_running_task,
         ),
         (
             "endless_loop_is_cut_by_a_timeout",
-            endless_loop_is_cut_by_a_timeout,
+            &endless_loop_is_cut_by_a_timeout,
         ),
         (
             "unbounded_allocation_hits_the_memory_limit",
-            unbounded_allocation_hits_the_memory_limit,
+            &unbounded_allocation_hits_the_memory_limit,
         ),
-        ("failing_result_serialization", failing_result_serialization),
+        (
+            "failing_result_serialization",
+            &failing_result_serialization,
+        ),
         (
             "failing_argument_deserialization",
-            failing_argument_deserialization,
+            &failing_argument_deserialization,
         ),
-        ("result_over_the_frame_limit", result_over_the_frame_limit),
+        ("result_over_the_frame_limit", &result_over_the_frame_limit),
         (
             "garbage_on_the_protocol_channel",
-            garbage_on_the_protocol_channel,
+            &garbage_on_the_protocol_channel,
         ),
         (
             "a_result_for_an_unknown_job_is_a_protocol_error",
-            a_result_for_an_unknown_job_is_a_protocol_error,
+            &a_result_for_an_unknown_job_is_a_protocol_error,
         ),
         (
             "a_crash_is_seen_even_while_a_grandchild_lives",
-            a_crash_is_seen_even_while_a_grandchild_lives,
+            &a_crash_is_seen_even_while_a_grandchild_lives,
         ),
         (
             "a_panicking_initializer_fails_build_cleanly",
-            a_panicking_initializer_fails_build_cleanly,
+            &a_panicking_initializer_fails_build_cleanly,
         ),
         (
             "a_pool_that_cannot_start_workers_is_an_error",
-            a_pool_that_cannot_start_workers_is_an_error,
+            &a_pool_that_cannot_start_workers_is_an_error,
         ),
-        ("thread_pool_faults", thread_pool_faults),
-    ];
-    let mut failed = 0;
-    for (name, test) in tests {
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!(
-        "\ntest result: {verdict}. {} passed; {failed} failed",
-        tests.len() - failed
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+        ("thread_pool_faults", &thread_pool_faults),
+    ]);
 }

@@ -161,36 +161,18 @@ fn main_runs_once_even_with_worker_restarts() {
 }
 
 fn run_tests() {
-    let tests: [(&str, fn()); 3] = [
+    common::run_sequentially(&[
         (
             "workers_die_when_the_parent_is_sigkilled",
-            workers_die_when_the_parent_is_sigkilled,
+            &workers_die_when_the_parent_is_sigkilled,
         ),
         (
             "a_program_with_a_hung_task_exits_right_after_the_timeout",
-            a_program_with_a_hung_task_exits_right_after_the_timeout,
+            &a_program_with_a_hung_task_exits_right_after_the_timeout,
         ),
         (
             "main_runs_once_even_with_worker_restarts",
-            main_runs_once_even_with_worker_restarts,
+            &main_runs_once_even_with_worker_restarts,
         ),
-    ];
-    let mut failed = 0;
-    for (name, test) in tests {
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {failed} failed",
-        if failed == 0 { "ok" } else { "FAILED" },
-        tests.len() - failed
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    ]);
 }

@@ -1,6 +1,5 @@
 //! Running a chunk of map items as one task, and how the two pools start one.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
@@ -111,18 +110,13 @@ pub(crate) fn run_items<A, R>(f: fn(A) -> R, items: Vec<A>, pid: u32) -> ChunkOu
     let mut values = Vec::with_capacity(items.len());
     let mut panics = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        match panic::catch_unwind(AssertUnwindSafe(|| f(item))) {
+        match panic_info::catch(|| f(item)) {
             Ok(v) => values.push(v),
-            Err(payload) => {
-                let message = panic_info::message(&*payload);
-                let location = panic_info::take_location();
-                let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-                panics.push(ItemPanic {
-                    index: index as u32,
-                    message,
-                    location,
-                });
-            }
+            Err(p) => panics.push(ItemPanic {
+                index: index as u32,
+                message: p.message,
+                location: p.location,
+            }),
         }
     }
     ChunkOutput {

@@ -60,3 +60,27 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Runs named tests one after another in this process (for `harness = false`
+/// test binaries, whose checks need the process to themselves), prints a
+/// libtest-style summary, and exits non-zero if any failed.
+pub fn run_sequentially(tests: &[(&str, &dyn Fn())]) {
+    let mut failed = 0;
+    for (name, test) in tests {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {verdict}. {} passed; {failed} failed",
+        tests.len() - failed
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
