@@ -11,14 +11,53 @@ use crate::wire::Status;
 use crate::{CodecStage, TaskError};
 
 /// One call, serialised on the caller's side straight into its `JOB` frame
-/// (the supervisor only fills in the sequence number). The frame is shared
-/// with the writer so large arguments are never copied again, and kept until
-/// the result arrives so the job can be resent if its worker dies first.
+/// (the supervisor only fills in the sequence number). The frame is kept
+/// until the result arrives, so the job can be resent if its worker dies
+/// first.
 pub(crate) struct Job {
-    pub(crate) frame: Arc<Vec<u8>>,
+    pub(crate) frame: Frame,
     pub(crate) slot: Arc<dyn JobSlot>,
-    /// When it was spawned (for wait-time statistics).
-    pub(crate) queued_at: Instant,
+    /// When it was spawned (for wait-time statistics), as [`now_nanos`].
+    pub(crate) queued_at: u64,
+}
+
+/// Nanoseconds since the first call: a timestamp half the size of an
+/// `Instant`, which counts when a million tasks wait in a queue.
+pub(crate) fn now_nanos() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A job's frame. Small frames are copied into the write buffer, so they need
+/// no sharing (one allocation less per queued task); large ones are shared
+/// with the writer, so their bytes are never copied in the parent.
+pub(crate) enum Frame {
+    Small(Box<[u8]>),
+    Large(Arc<Vec<u8>>),
+}
+
+impl Frame {
+    /// Frames larger than this are shared rather than copied.
+    pub(crate) const SHARE_ABOVE: usize = 16 * 1024;
+
+    pub(crate) fn new(bytes: Vec<u8>) -> Frame {
+        if bytes.len() > Frame::SHARE_ABOVE {
+            Frame::Large(Arc::new(bytes))
+        } else {
+            // Exact size: queued tasks may be many.
+            Frame::Small(bytes.into_boxed_slice())
+        }
+    }
+
+    /// The frame's bytes, writable (to set the sequence number). A large
+    /// frame is unique here: the previous writer's reference, if the job is
+    /// being resent, went with the previous worker; if not, it is copied.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Frame::Small(v) => v,
+            Frame::Large(v) => Arc::make_mut(v).as_mut_slice(),
+        }
+    }
 }
 
 /// The type-erased side of a task that a supervisor completes.

@@ -9,7 +9,7 @@ mod supervisor;
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,7 +23,7 @@ use crate::stats::{Counters, PoolStats};
 use crate::{wire, worker, CodecStage, Error, Task, TaskError, TrySpawnError};
 
 use init::InitJob;
-use job::Job;
+use job::{Frame, Job};
 use launcher::LocalLauncher;
 use supervisor::{PoolCtx, SlotConfig};
 
@@ -217,7 +217,8 @@ impl ProcessPool {
         T: Serialize + ?Sized,
     {
         let fn_ref = FnRef::new(f).map_err(|why| Task::failed(TaskError::Unsupported(why)))?;
-        let mut frame = Vec::new();
+        // Room for the header and a small argument in one allocation.
+        let mut frame = Vec::with_capacity(48);
         wire::begin_job(&mut frame, fn_ref.func, fn_ref.trampoline);
         rmp_serde::encode::write(&mut frame, args).map_err(|e| {
             Task::failed(TaskError::Serialization {
@@ -236,9 +237,9 @@ impl ProcessPool {
         wire::end_frame(&mut frame, 0);
         let shared = Arc::new(Shared::<R>::new(Some(self.handle.hook.clone())));
         let job = Job {
-            frame: Arc::new(frame),
+            frame: Frame::new(frame),
             slot: shared.clone(),
-            queued_at: Instant::now(),
+            queued_at: job::now_nanos(),
         };
         Ok((job, Task::new(shared)))
     }

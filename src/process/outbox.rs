@@ -8,8 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// Frames at most this large are copied into the shared write buffer.
-const COPY_LIMIT: usize = 16 * 1024;
+use super::job::Frame;
 
 enum Piece {
     Copied(Vec<u8>),
@@ -37,12 +36,11 @@ impl Outbox {
         self.pieces.is_empty()
     }
 
-    /// Queues a whole frame.
-    pub(crate) fn push_frame(&mut self, frame: &Arc<Vec<u8>>) {
-        if frame.len() <= COPY_LIMIT {
-            self.small_buffer().extend_from_slice(frame);
-        } else {
-            self.pieces.push_back(Piece::Shared(frame.clone()));
+    /// Queues a whole frame: small ones are copied, large ones shared.
+    pub(crate) fn push_frame(&mut self, frame: &Frame) {
+        match frame {
+            Frame::Small(bytes) => self.small_buffer().extend_from_slice(bytes),
+            Frame::Large(shared) => self.pieces.push_back(Piece::Shared(shared.clone())),
         }
     }
 
@@ -83,8 +81,8 @@ mod tests {
     #[test]
     fn keeps_order_across_copied_and_shared_frames() {
         let mut o = Outbox::default();
-        let small = Arc::new(vec![1u8; 10]);
-        let big = Arc::new(vec![2u8; COPY_LIMIT + 1]);
+        let small = Frame::new(vec![1u8; 10]);
+        let big = Frame::new(vec![2u8; Frame::SHARE_ABOVE + 1]);
         o.push_frame(&small);
         o.push_frame(&small);
         o.push_frame(&big);
@@ -96,9 +94,14 @@ mod tests {
             o.advance(chunk);
         }
         let mut expected = vec![1u8; 20];
-        expected.extend(vec![2u8; COPY_LIMIT + 1]);
+        expected.extend(vec![2u8; Frame::SHARE_ABOVE + 1]);
         expected.extend([3, 3]);
         assert_eq!(all, expected);
-        assert_eq!(Arc::strong_count(&big), 1, "written frames are released");
+        match &big {
+            Frame::Large(shared) => {
+                assert_eq!(Arc::strong_count(shared), 1, "written frames are released")
+            }
+            Frame::Small(_) => panic!("a large frame is shared"),
+        }
     }
 }

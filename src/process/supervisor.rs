@@ -417,9 +417,7 @@ impl Worker {
         let mut send = |mut job: Job, out: &mut Outbox, inflight: &mut VecDeque<InFlight>| {
             let seq = next_seq;
             next_seq += 1;
-            // Unique here: the previous writer's reference (if the job is
-            // being resent) went with the previous worker.
-            wire::set_job_seq(Arc::make_mut(&mut job.frame).as_mut_slice(), seq);
+            wire::set_job_seq(job.frame.bytes_mut(), seq);
             out.push_frame(&job.frame);
             Counters::bump(&ctx.counters.running);
             inflight.push_back(InFlight {
@@ -722,7 +720,8 @@ impl Worker {
                     // the statistics.
                     ctx.observe_run(nanos);
                     let run = Duration::from_nanos(nanos);
-                    let wait = entry.job.queued_at.elapsed().saturating_sub(run);
+                    let waited = super::job::now_nanos().saturating_sub(entry.job.queued_at);
+                    let wait = Duration::from_nanos(waited).saturating_sub(run);
                     if entry.job.slot.is_cancelled() {
                         Counters::bump(&counters.cancelled);
                     } else {
