@@ -64,7 +64,9 @@ pub struct Restarts {
 }
 
 /// Count, mean and percentiles of a duration. Percentiles are over the most
-/// recent 4096 samples; count and mean are over all of them.
+/// recent 4096 samples; count and mean are over all samples. On a busy
+/// `ThreadPool` a sample is skipped when two threads finish at the same
+/// instant, so `count` can be a little below the number of tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
@@ -150,12 +152,15 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A task finished after waiting `wait` and running `run`.
+    /// A task finished after waiting `wait` and running `run`. Counts are
+    /// exact; the timing sample is skipped when another thread is recording
+    /// at that moment, so tiny tasks never queue on this lock.
     pub(crate) fn finished(&self, ok: bool, wait: Duration, run: Duration) {
         Counters::bump(if ok { &self.completed } else { &self.failed });
-        let mut t = self.times.lock().unwrap_or_else(|e| e.into_inner());
-        t.wait.record(wait);
-        t.run.record(run);
+        if let Ok(mut t) = self.times.try_lock() {
+            t.wait.record(wait);
+            t.run.record(run);
+        }
     }
 
     pub(crate) fn snapshot(&self, queued: usize, workers: usize) -> PoolStats {
