@@ -188,7 +188,14 @@ impl Runner {
 
     /// Reads what is available (waiting for something first when `block`).
     /// Returns `false` at end of file.
-    fn fill(&mut self, mut block: bool) -> io::Result<bool> {
+    ///
+    /// When blocking, it waits in `poll` first (an idle worker has nothing to
+    /// read yet) and returns after the first successful read: the job can
+    /// start at once, and the drain after it catches anything that followed.
+    fn fill(&mut self, block: bool) -> io::Result<bool> {
+        if block {
+            self.wait_readable()?;
+        }
         loop {
             let want = wire::missing_bytes(&self.inbuf[self.parsed..])
                 .filter(|&n| n as u64 <= self.max_frame)
@@ -199,19 +206,24 @@ impl Runner {
                 Ok(0) => return Ok(false),
                 Ok(_) => {
                     self.parse().map_err(|e| io::Error::other(e.to_string()))?;
-                    block = false;
-                }
-                Err(rustix::io::Errno::AGAIN) if block => {
-                    let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
-                    match poll(&mut fds, None) {
-                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(e.into()),
+                    if block && !self.jobs.is_empty() {
+                        return Ok(true);
                     }
                 }
+                Err(rustix::io::Errno::AGAIN) if block => self.wait_readable()?,
                 Err(rustix::io::Errno::AGAIN) => return Ok(true),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Waits until the job pipe has bytes (or its writer closed).
+    fn wait_readable(&self) -> io::Result<()> {
+        let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
