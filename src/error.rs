@@ -6,6 +6,30 @@ use std::fmt;
 ///
 /// Every way a task can fail maps to exactly one variant; none of them is ever
 /// raised as a panic in the caller's process.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use procpool::TaskError;
+///
+/// fn divide((a, b): (i32, i32)) -> i32 { a / b }
+/// fn quit(code: i32) { std::process::exit(code) }
+///
+/// let pool = procpool::ProcessPool::new(1)?;
+/// match pool.apply(divide, (1, 0)).await {
+///     Err(TaskError::Panicked { message, .. }) => assert!(message.contains("divide by zero")),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// match pool.apply(quit, 3).await {
+///     Err(e @ TaskError::WorkerDied { .. }) => {
+///         assert!(matches!(e, TaskError::WorkerDied { code: Some(3), signal: None, .. }));
+///         assert!(e.to_string().ends_with("exited with code 3"));
+///     }
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// assert_eq!(pool.apply(divide, (6, 3)).await, Ok(2)); // the pool keeps serving
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {
@@ -77,6 +101,37 @@ pub enum TaskError {
 }
 
 /// Which conversion of a [`TaskError::Serialization`] failed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use procpool::{CodecStage, TaskError};
+///
+/// /// An even number, checked whenever one is decoded.
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// #[serde(try_from = "u32")]
+/// struct Even(u32);
+///
+/// impl TryFrom<u32> for Even {
+///     type Error = String;
+///     fn try_from(n: u32) -> Result<Even, String> {
+///         if n % 2 == 0 { Ok(Even(n)) } else { Err(format!("{n} is odd")) }
+///     }
+/// }
+///
+/// fn half(n: Even) -> u32 { n.0 / 2 }
+///
+/// let pool = procpool::ProcessPool::new(1)?;
+/// assert_eq!(pool.apply(half, Even(8)).await?, 4);
+/// match pool.apply(half, Even(3)).await {
+///     Err(TaskError::Serialization { stage, message }) => {
+///         assert_eq!(stage, CodecStage::DecodeArgument); // refused in the worker
+///         assert!(message.contains("3 is odd"));
+///     }
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecStage {
     /// Encoding the argument in the caller.
@@ -136,6 +191,25 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 /// Why [`try_spawn`](crate::ProcessPool::try_spawn) did not queue a task.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use procpool::TrySpawnError;
+///
+/// fn id(x: u8) -> u8 { x }
+///
+/// let pool = procpool::ThreadPool::builder().workers(1).max_queue(10).build()?;
+/// let task = pool.try_spawn(id, 1)?;
+/// assert_eq!(futures::executor::block_on(task)?, 1);
+///
+/// pool.terminate();
+/// match pool.try_spawn(id, 2) {
+///     Err(TrySpawnError::Closed) => {}                      // shutting down: stop submitting
+///     Err(TrySpawnError::Full) => panic!("shed load, retry later"),
+///     Ok(_) => panic!("a terminated pool takes no work"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TrySpawnError {
     /// The queue holds `max_queue` tasks already; try again later, or use
@@ -148,6 +222,15 @@ pub enum TrySpawnError {
 }
 
 /// Failure to build or start a pool.
+///
+/// ```
+/// fn init(_: ()) { panic!("no model file") }
+///
+/// match procpool::ProcessPool::builder().workers(1).initializer(init, ()).build() {
+///     Err(procpool::Error::Initializer { message, .. }) => assert!(message.contains("no model file")),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -44,6 +44,22 @@ pub struct PoolStats {
 }
 
 /// Worker processes ended, by cause.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// fn quit(code: i32) { std::process::exit(code) }
+/// fn id(x: u32) -> u32 { x }
+///
+/// let pool = procpool::ProcessPool::new(1)?;
+/// assert!(pool.apply(quit, 3).await.is_err()); // the worker dies…
+/// assert_eq!(pool.apply(id, 1).await?, 1);    // …and a replacement serves
+///
+/// let restarts = pool.stats().restarts;
+/// assert_eq!(restarts.crashed, 1);
+/// assert_eq!(restarts.max_tasks + restarts.max_memory + restarts.idle, 0);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Restarts {
@@ -67,6 +83,24 @@ pub struct Restarts {
 /// recent 4096 samples; count and mean are over all samples. On a busy
 /// `ThreadPool` a sample is skipped when two threads finish at the same
 /// instant, so `count` can be a little below the number of tasks.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+///
+/// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+///
+/// let pool = procpool::ThreadPool::new(1)?;
+/// for ms in [10, 20, 30] {
+///     pool.apply(nap, ms).await?;
+/// }
+/// let run = pool.stats().run_time;
+/// assert_eq!(run.count, 3);
+/// assert!(run.mean >= Duration::from_millis(20));
+/// assert!(run.p50 >= Duration::from_millis(20) && run.p99 >= run.p50);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {

@@ -294,6 +294,25 @@ impl<R> Task<R> {
 
     /// True once the task has a result (or was cancelled): awaiting it will not
     /// wait.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::mpsc;
+    ///
+    /// fn wait_for(go: mpsc::Receiver<u32>) -> u32 { go.recv().unwrap() }
+    ///
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// let (go, rx) = mpsc::channel();
+    /// let task = pool.spawn(wait_for, rx);
+    /// assert!(!task.is_finished());
+    ///
+    /// go.send(7)?;
+    /// while !task.is_finished() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(futures::executor::block_on(task)?, 7); // ready: does not block
+    /// # Ok(()) }
+    /// ```
     pub fn is_finished(&self) -> bool {
         matches!(self.shared.state.load(Ordering::Acquire), DONE | CANCELLED)
     }

@@ -89,11 +89,23 @@ impl ThreadPool {
     }
 
     /// A builder with every option at its default.
+    ///
+    /// ```
+    /// let pool = procpool::ThreadPool::builder().workers(2).max_queue(100).build()?;
+    /// assert_eq!(pool.workers(), 2);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn builder() -> ThreadPoolBuilder {
         ThreadPoolBuilder::default()
     }
 
     /// Number of threads.
+    ///
+    /// ```
+    /// let pool = procpool::ThreadPool::new(3)?;
+    /// assert_eq!(pool.workers(), 3);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn workers(&self) -> usize {
         self.handle.threads
     }
@@ -101,6 +113,24 @@ impl ThreadPool {
     /// Runs `f(args)` on a pool thread; same signature as
     /// [`ProcessPool::spawn`](crate::ProcessPool::spawn) without the serde
     /// bounds.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    ///
+    /// // Arguments need not be serialisable: here, shared text.
+    /// fn count_words((text, word): (Arc<str>, &'static str)) -> usize {
+    ///     text.split_whitespace().filter(|w| *w == word).count()
+    /// }
+    ///
+    /// let pool = procpool::ThreadPool::new(2)?;
+    /// let text: Arc<str> = Arc::from("a rose is a rose is a rose");
+    /// let roses = pool.spawn(count_words, (text.clone(), "rose"));
+    /// let is = pool.spawn(count_words, (text, "is"));
+    /// assert_eq!((roses.await?, is.await?), (3, 2));
+    /// # Ok(()) }
+    /// ```
     pub fn spawn<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
     where
         A: Send + 'static,
@@ -111,6 +141,25 @@ impl ThreadPool {
 
     /// Runs `f(args)` and waits for the result (waiting asynchronously for
     /// queue room on a bounded pool); dropping the future cancels the task.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use procpool::TaskError;
+    ///
+    /// fn parse(s: String) -> u32 { s.parse().expect("not a number") }
+    ///
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// assert_eq!(pool.apply(parse, "42".into()).await?, 42);
+    ///
+    /// // A panic fails the task alone; the thread keeps serving.
+    /// match pool.apply(parse, "forty-two".into()).await {
+    ///     Err(TaskError::Panicked { message, pid: None, .. }) => assert!(message.contains("not a number")),
+    ///     other => panic!("unexpected: {other:?}"),
+    /// }
+    /// assert_eq!(pool.apply(parse, "7".into()).await?, 7);
+    /// # Ok(()) }
+    /// ```
     pub async fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError>
     where
         A: Send + 'static,
@@ -150,6 +199,19 @@ impl ThreadPool {
 
     /// Like [`spawn_fn`](Self::spawn_fn), waiting asynchronously for room when
     /// the queue is full ([`ThreadPoolBuilder::max_queue`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = procpool::ThreadPool::builder().workers(1).max_queue(2).build()?;
+    /// let mut tasks = Vec::new();
+    /// for name in ["ann", "bob", "cy", "di"] {
+    ///     let greeting = format!("hi {name}"); // captured by the closure
+    ///     tasks.push(pool.spawn_fn_async(move || greeting.len()).await);
+    /// }
+    /// assert_eq!(futures::future::try_join_all(tasks).await?, [6, 6, 5, 5]);
+    /// # Ok(()) }
+    /// ```
     pub async fn spawn_fn_async<F, R>(&self, f: F) -> Task<R>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -164,6 +226,21 @@ impl ThreadPool {
 
     /// Like [`spawn`](Self::spawn), waiting asynchronously for room when the
     /// queue is full.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = procpool::ThreadPool::builder().workers(1).max_queue(2).build()?;
+    /// let mut tasks = Vec::new();
+    /// for i in 0..10 {
+    ///     tasks.push(pool.spawn_async(square, i).await); // waits while 2 are queued
+    /// }
+    /// let squares = futures::future::try_join_all(tasks).await?;
+    /// assert_eq!(squares, (0..10).map(|i| i * i).collect::<Vec<u64>>());
+    /// # Ok(()) }
+    /// ```
     pub async fn spawn_async<A, R>(&self, f: fn(A) -> R, args: A) -> Task<R>
     where
         A: Send + 'static,
@@ -206,6 +283,22 @@ impl ThreadPool {
 
     /// What the pool has done so far (queue length, running, completed,
     /// failed, run and wait times; no restarts: threads are never replaced).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn nap(ms: u64) { std::thread::sleep(std::time::Duration::from_millis(ms)) }
+    ///
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// pool.apply(nap, 5).await?;
+    /// pool.apply(nap, 5).await?;
+    ///
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.completed, stats.failed, stats.workers), (2, 0, 1));
+    /// assert!(stats.run_time.mean >= std::time::Duration::from_millis(5));
+    /// assert_eq!(stats.restarts, procpool::Restarts::default());
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> PoolStats {
         self.handle
             .counters
@@ -252,6 +345,14 @@ impl ThreadPool {
 
     /// Runs `f(args)` and blocks this thread until it finishes (for plain
     /// threads; `.await` the task in async code).
+    ///
+    /// ```
+    /// fn checksum(data: Vec<u8>) -> u32 { data.iter().map(|&b| u32::from(b)).sum() }
+    ///
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// assert_eq!(pool.apply_blocking(checksum, vec![1, 2, 3]), Ok(6));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn apply_blocking<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError>
     where
         A: Send + 'static,
@@ -285,6 +386,19 @@ impl ThreadPool {
     }
 
     /// Like [`map`](Self::map), results as they complete.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::TryStreamExt;
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = procpool::ThreadPool::new(2)?;
+    /// let done: Vec<u64> = pool.map_unordered(nap, [300, 1]).chunk_size(1).try_collect().await?;
+    /// assert_eq!(done, [1, 300]); // the quick one first
+    /// # Ok(()) }
+    /// ```
     pub fn map_unordered<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> Map<A, R>
     where
         A: Send + 'static,
@@ -296,6 +410,20 @@ impl ThreadPool {
     }
 
     /// Like [`map`](Self::map), with the inputs coming from a `Stream`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::{stream, StreamExt, TryStreamExt};
+    ///
+    /// fn len(s: String) -> usize { s.len() }
+    ///
+    /// let pool = procpool::ThreadPool::new(2)?;
+    /// let lines = stream::iter(["a", "bb", "ccc"]).map(String::from);
+    /// let lens: Vec<usize> = pool.map_stream(len, lines).try_collect().await?;
+    /// assert_eq!(lens, [1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_stream<A, R, S>(&self, f: fn(A) -> R, inputs: S) -> Map<A, R>
     where
         A: Send + 'static,
@@ -312,6 +440,15 @@ impl ThreadPool {
     }
 
     /// [`map`](Self::map) as a blocking iterator, for plain threads.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = procpool::ThreadPool::new(2)?;
+    /// let squares: Result<Vec<u64>, _> = pool.map_blocking(square, 1..=4).collect();
+    /// assert_eq!(squares?, [1, 4, 9, 16]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map_blocking<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> MapIter<A, R>
     where
         A: Send + 'static,
@@ -324,6 +461,20 @@ impl ThreadPool {
 
     /// Stops accepting tasks and waits until every queued and running task has
     /// finished and the threads have exited.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), procpool::Error> {
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// let task = pool.spawn(nap, 20);
+    /// pool.shutdown().await;
+    /// assert!(task.is_finished());
+    /// assert_eq!(task.await, Ok(20));
+    /// assert_eq!(pool.spawn(nap, 1).await, Err(procpool::TaskError::PoolClosed));
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self) {
         self.handle.jobs.close();
         let _ = self.handle.done.recv().await;
@@ -333,6 +484,29 @@ impl ThreadPool {
     /// [`TaskError::PoolClosed`] at once. Tasks already running cannot be
     /// stopped: they finish in the background (their handles still get the
     /// result).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::mpsc;
+    /// use futures::executor::block_on;
+    ///
+    /// fn work((started, ms): (mpsc::Sender<()>, u64)) -> u64 {
+    ///     started.send(()).unwrap();
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// let (started, is_running) = mpsc::channel();
+    /// let running = pool.spawn(work, (started.clone(), 50));
+    /// is_running.recv()?; // the only thread is busy now
+    /// let queued = pool.spawn(work, (started, 50));
+    ///
+    /// pool.terminate();
+    /// assert_eq!(block_on(queued), Err(procpool::TaskError::PoolClosed)); // never ran
+    /// assert_eq!(block_on(running), Ok(50)); // a running thread cannot be stopped
+    /// # Ok(()) }
+    /// ```
     pub fn terminate(&self) {
         self.handle.terminated.store(true, Ordering::Release);
         self.handle.jobs.close();
@@ -374,18 +548,45 @@ impl Default for ThreadPoolBuilder {
 
 impl ThreadPoolBuilder {
     /// Number of threads; `0` (the default) means one per available core.
+    ///
+    /// ```
+    /// let pool = procpool::ThreadPool::builder().workers(2).build()?;
+    /// assert_eq!(pool.workers(), 2);
+    ///
+    /// let per_core = procpool::ThreadPool::builder().workers(0).build()?;
+    /// assert_eq!(per_core.workers(), std::thread::available_parallelism()?.get());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.threads = n;
         self
     }
 
-    /// Prefix of the threads' names (default `procpool-thread`).
+    /// Prefix of the threads' names (default `procpool-thread`), followed by
+    /// `-` and the thread's index.
+    ///
+    /// ```
+    /// fn my_name(_: ()) -> String { std::thread::current().name().unwrap_or("?").to_string() }
+    ///
+    /// let pool = procpool::ThreadPool::builder().workers(1).thread_name("cpu").build()?;
+    /// assert_eq!(pool.apply_blocking(my_name, ()).unwrap(), "cpu-0");
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// Stack size of each thread, in bytes (default: Rust's default).
+    ///
+    /// ```
+    /// fn depth(n: u64) -> u64 { if n == 0 { 0 } else { 1 + depth(n - 1) } }
+    ///
+    /// // Deep recursion needs more than the default 2 MiB.
+    /// let pool = procpool::ThreadPool::builder().workers(1).stack_size(64 << 20).build()?;
+    /// assert_eq!(pool.apply_blocking(depth, 100_000), Ok(100_000));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes);
         self
@@ -394,12 +595,41 @@ impl ThreadPoolBuilder {
     /// Bounds the number of queued tasks: when full, `spawn` blocks the
     /// calling thread, `spawn_async` and `apply` wait asynchronously, and
     /// `try_spawn` returns [`TrySpawnError::Full`]. Default: unbounded.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn wait_for(go: mpsc::Receiver<u32>) -> u32 { go.recv().unwrap() }
+    ///
+    /// let pool = procpool::ThreadPool::builder().workers(1).max_queue(1).build()?;
+    /// let (go, rx) = mpsc::channel();
+    /// let busy = pool.spawn(wait_for, rx); // blocks the only thread until `go`
+    /// while pool.stats().running == 0 { std::thread::yield_now(); }
+    ///
+    /// let (_, rx) = mpsc::channel();
+    /// let queued = pool.try_spawn(wait_for, rx)?; // takes the one queue place
+    /// let (_, rx) = mpsc::channel();
+    /// assert_eq!(pool.try_spawn(wait_for, rx).unwrap_err(), procpool::TrySpawnError::Full);
+    ///
+    /// drop(queued); // cancelled: it never runs
+    /// go.send(1)?;
+    /// assert_eq!(futures::executor::block_on(busy), Ok(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_queue(mut self, tasks: usize) -> Self {
         self.max_queue = Some(tasks.max(1));
         self
     }
 
     /// Starts the threads.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = procpool::ThreadPool::builder().workers(2).build()?;
+    /// assert_eq!(pool.apply_blocking(square, 12), Ok(144));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn build(self) -> Result<ThreadPool, Error> {
         let threads = if self.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -164,12 +164,42 @@ impl<A, R> Map<A, R> {
 
     /// At most this many chunks queued or running at once (default: two per
     /// worker). Bounds the input pulled ahead and the memory held.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// static PULLED: AtomicUsize = AtomicUsize::new(0);
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = procpool::ThreadPool::new(1)?;
+    /// let endless = (0..).inspect(|_| { PULLED.fetch_add(1, Ordering::Relaxed); });
+    /// let mut results = pool.map(square, endless).chunk_size(10).in_flight(2).blocking();
+    /// assert_eq!(results.next(), Some(Ok(0)));
+    /// // Only a few chunks of the endless input were pulled.
+    /// assert!(PULLED.load(Ordering::Relaxed) <= 40);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn in_flight(mut self, chunks: usize) -> Self {
         self.in_flight = chunks.max(1);
         self
     }
 
     /// Yields results as they complete instead of in input order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::StreamExt;
+    ///
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// let mut results = pool.map(nap, [300, 1]).chunk_size(1).unordered();
+    /// assert_eq!(results.next().await, Some(Ok(1))); // did not wait for the slow one
+    /// assert_eq!(results.next().await, Some(Ok(300)));
+    /// assert_eq!(results.next().await, None);
+    /// # Ok(()) }
+    /// ```
     pub fn unordered(mut self) -> Self {
         self.ordered = false;
         self
@@ -374,6 +404,17 @@ impl<A, R> std::fmt::Debug for Map<A, R> {
 /// A blocking iterator over a [`Map`]'s results, from [`Map::blocking`] or
 /// `map_blocking`. Dropping it stops the remaining work, like dropping the
 /// stream.
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = procpool::ThreadPool::new(2)?;
+/// let mut squares: procpool::MapIter<u64, u64> = pool.map_blocking(square, 1..);
+/// assert_eq!(squares.next(), Some(Ok(1)));
+/// assert_eq!(squares.next(), Some(Ok(4)));
+/// drop(squares); // stops the rest of the endless map
+/// # Ok::<(), procpool::Error>(())
+/// ```
 pub struct MapIter<A, R> {
     inner: futures::executor::BlockingStream<Map<A, R>>,
 }

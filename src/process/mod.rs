@@ -124,11 +124,29 @@ impl ProcessPool {
     }
 
     /// A builder with every option at its default.
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::builder().workers(1).max_queue(100).build()?;
+    /// assert_eq!(pool.workers(), 1);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn builder() -> ProcessPoolBuilder {
         ProcessPoolBuilder::default()
     }
 
-    /// Number of worker processes.
+    /// Number of worker processes (for an elastic pool, the most it runs at
+    /// once).
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// assert_eq!(pool.workers(), 2);
+    ///
+    /// // Elastic: up to 4 workers, none started until there is work.
+    /// let elastic = procpool::ProcessPool::builder().workers(4).min_workers(0).build()?;
+    /// assert_eq!(elastic.workers(), 4);
+    /// assert!(elastic.worker_pids().is_empty());
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn workers(&self) -> usize {
         self.handle.workers
     }
@@ -334,6 +352,22 @@ impl ProcessPool {
     /// What the pool has done so far: queue length, running, completed and
     /// failed tasks, worker restarts by cause, live workers, run and wait
     /// times.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn half(x: u32) -> u32 { assert!(x % 2 == 0, "{x} is odd"); x / 2 }
+    ///
+    /// let pool = procpool::ProcessPool::new(1)?;
+    /// assert_eq!(pool.apply(half, 4).await?, 2);
+    /// assert!(pool.apply(half, 3).await.is_err()); // a panic: the worker survives
+    ///
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.completed, stats.failed), (1, 1));
+    /// assert_eq!(stats.workers, 1);
+    /// assert_eq!(stats.restarts.crashed, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> PoolStats {
         let ctx = &self.handle.ctx;
         ctx.counters
@@ -344,6 +378,23 @@ impl ProcessPool {
     /// `.await`, except that on a bounded pool it waits asynchronously for
     /// queue room (like [`spawn_async`](Self::spawn_async)). Dropping the
     /// future cancels the task, as dropping a [`Task`] does.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// fn fib(n: u32) -> u64 { if n < 2 { n as u64 } else { fib(n - 1) + fib(n - 2) } }
+    /// fn hang(_: ()) { loop { std::thread::sleep(Duration::from_secs(1)); } }
+    ///
+    /// let pool = procpool::ProcessPool::new(1)?;
+    /// assert_eq!(pool.apply(fib, 20).await?, 6765);
+    ///
+    /// // A timeout drops the future: the hung worker is killed and replaced.
+    /// assert!(tokio::time::timeout(Duration::from_millis(100), pool.apply(hang, ())).await.is_err());
+    /// assert_eq!(pool.apply(fib, 10).await?, 55);
+    /// # Ok(()) }
+    /// ```
     pub async fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, TaskError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -404,6 +455,24 @@ impl ProcessPool {
 
     /// Like [`map`](Self::map), but results come as they complete (Python's
     /// `imap_unordered` and `as_completed`).
+    ///
+    /// To know which input a result belongs to, pass the index along:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::TryStreamExt;
+    ///
+    /// fn score((i, word): (usize, String)) -> (usize, usize) { (i, word.len()) }
+    ///
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// let words = ["tokio", "serde", "rayon", "futures"].map(String::from);
+    /// let mut scores: Vec<(usize, usize)> =
+    ///     pool.map_unordered(score, words.into_iter().enumerate()).try_collect().await?;
+    /// scores.sort(); // completion order → input order
+    /// assert_eq!(scores, [(0, 5), (1, 5), (2, 5), (3, 7)]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_unordered<A, R, I>(&self, f: fn(A) -> R, inputs: I) -> Map<A, R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -416,6 +485,25 @@ impl ProcessPool {
 
     /// Like [`map`](Self::map), with the inputs coming from a `Stream` (pulled
     /// only as chunks can be started).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::{SinkExt, TryStreamExt};
+    ///
+    /// fn shout(line: String) -> String { line.to_uppercase() }
+    ///
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// let (mut tx, rx) = futures::channel::mpsc::channel::<String>(8);
+    /// tokio::spawn(async move {
+    ///     for line in ["hello", "world"] {
+    ///         tx.send(line.to_string()).await.unwrap();
+    ///     }
+    /// }); // `tx` is dropped here, which ends the stream
+    /// let out: Vec<String> = pool.map_stream(shout, rx).try_collect().await?;
+    /// assert_eq!(out, ["HELLO", "WORLD"]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_stream<A, R, S>(&self, f: fn(A) -> R, inputs: S) -> Map<A, R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -554,6 +642,16 @@ impl Default for ProcessPoolBuilder {
 impl ProcessPoolBuilder {
     /// Number of worker processes (the maximum, for an elastic pool); `0` (the
     /// default) means one per available core.
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::builder().workers(2).build()?;
+    /// assert_eq!(pool.worker_pids().len(), 2);
+    ///
+    /// // `0`: one per core (elastic here, so that none start yet).
+    /// let per_core = procpool::ProcessPool::builder().workers(0).min_workers(0).build()?;
+    /// assert_eq!(per_core.workers(), std::thread::available_parallelism()?.get());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -580,6 +678,32 @@ impl ProcessPoolBuilder {
 
     /// How long a worker beyond [`min_workers`](Self::min_workers) may sit
     /// idle before it exits. Without it, started workers stay.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// fn pid(_: ()) -> u32 { std::process::id() }
+    ///
+    /// let pool = procpool::ProcessPool::builder()
+    ///     .workers(1)
+    ///     .min_workers(0)
+    ///     .idle_timeout(Duration::from_millis(50))
+    ///     .build()?;
+    /// let worker = pool.apply(pid, ()).await?; // starts a worker on demand
+    /// assert_ne!(worker, std::process::id());
+    ///
+    /// // After 50 ms with nothing to do, it exits.
+    /// tokio::time::timeout(Duration::from_secs(10), async {
+    ///     while !pool.worker_pids().is_empty() {
+    ///         tokio::time::sleep(Duration::from_millis(10)).await;
+    ///     }
+    /// })
+    /// .await?;
+    /// assert_eq!(pool.stats().restarts.idle, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self
@@ -644,6 +768,17 @@ impl ProcessPoolBuilder {
     /// `maxtasksperchild`), to contain slow leaks. The worker finishes what it
     /// was sent, exits cleanly, and a fresh one takes its place; no task is
     /// lost or run twice.
+    ///
+    /// ```
+    /// fn pid(_: ()) -> u32 { std::process::id() }
+    ///
+    /// let pool = procpool::ProcessPool::builder().workers(1).max_tasks_per_worker(2).build()?;
+    /// let pids: Vec<u32> = (0..3).map(|_| pool.apply_blocking(pid, ()).unwrap()).collect();
+    /// assert_eq!(pids[0], pids[1]); // the same worker ran two tasks…
+    /// assert_ne!(pids[1], pids[2]); // …then a fresh one took over
+    /// assert_eq!(pool.stats().restarts.max_tasks, 1);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
         self.max_tasks = Some(n.max(1));
         self
@@ -653,6 +788,24 @@ impl ProcessPoolBuilder {
     /// (checked on Linux, through `/proc`). The task's result is still
     /// delivered; the worker is then recycled like with
     /// [`max_tasks_per_worker`](Self::max_tasks_per_worker).
+    ///
+    /// ```
+    /// /// Leaks `mib` MiB (a stand-in for a slow leak) and says which worker ran.
+    /// fn leak(mib: usize) -> u32 {
+    ///     std::mem::forget(vec![1u8; mib << 20]);
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = procpool::ProcessPool::builder()
+    ///     .workers(1)
+    ///     .max_memory_per_worker(64 << 20)
+    ///     .build()?;
+    /// let first = pool.apply_blocking(leak, 96).unwrap(); // its result still arrives
+    /// let second = pool.apply_blocking(leak, 0).unwrap();
+    /// assert_ne!(first, second); // the bloated worker was replaced
+    /// assert_eq!(pool.stats().restarts.max_memory, 1);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
         self
@@ -700,6 +853,22 @@ impl ProcessPoolBuilder {
     /// [`apply`](ProcessPool::apply) wait asynchronously, and
     /// [`try_spawn`](ProcessPool::try_spawn) returns
     /// [`TrySpawnError::Full`]; nothing is dropped. Default: unbounded.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = procpool::ProcessPool::builder().workers(1).max_queue(2).build()?;
+    /// let mut tasks = Vec::new();
+    /// for i in 0..8 {
+    ///     tasks.push(pool.spawn_async(square, i).await); // waits while the queue is full
+    ///     assert!(pool.stats().queued <= 2);
+    /// }
+    /// let squares = futures::future::try_join_all(tasks).await?;
+    /// assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49]);
+    /// # Ok(()) }
+    /// ```
     pub fn max_queue(mut self, tasks: usize) -> Self {
         self.max_queue = Some(tasks.max(1));
         self
@@ -708,6 +877,26 @@ impl ProcessPoolBuilder {
     /// Largest message, in bytes, either side may send (default 1 GiB, at most
     /// 4 GiB − 1). A larger argument fails its task at `spawn`; a larger result
     /// fails its task with [`TaskError::TooLarge`]; the worker survives both.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use procpool::TaskError;
+    ///
+    /// fn sum(bytes: Vec<u8>) -> u64 { bytes.iter().map(|&b| u64::from(b)).sum() }
+    /// fn zeros(n: usize) -> Vec<u8> { vec![0; n] }
+    ///
+    /// let pool = procpool::ProcessPool::builder().workers(1).max_frame_size(1024).build()?;
+    /// assert_eq!(pool.apply(sum, vec![1; 100]).await?, 100);
+    ///
+    /// let big_argument = pool.apply(sum, vec![1; 4096]).await;
+    /// assert!(matches!(big_argument, Err(TaskError::TooLarge { what: "argument", .. })));
+    /// let big_result = pool.apply(zeros, 4096).await;
+    /// assert!(matches!(big_result, Err(TaskError::TooLarge { what: "result", .. })));
+    ///
+    /// assert_eq!(pool.apply(zeros, 10).await?.len(), 10); // the worker is still there
+    /// # Ok(()) }
+    /// ```
     pub fn max_frame_size(mut self, bytes: u64) -> Self {
         self.max_frame = bytes.min(u64::from(u32::MAX));
         self
@@ -719,6 +908,19 @@ impl ProcessPoolBuilder {
     /// measured run times, and only while at least two tasks per worker wait,
     /// so no worker idles while another holds a backlog and no task waits
     /// long behind a slow one. `1` disables sending ahead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn inc(x: u32) -> u32 { x + 1 }
+    ///
+    /// let pool = procpool::ProcessPool::builder().workers(1).pipeline_depth(1).build()?;
+    /// let tasks: Vec<_> = (0..20).map(|i| pool.spawn(inc, i)).collect();
+    /// assert!(pool.stats().running <= 1); // nothing is sent ahead
+    /// let out = futures::future::try_join_all(tasks).await?;
+    /// assert_eq!(out, (1..=20).collect::<Vec<u32>>());
+    /// # Ok(()) }
+    /// ```
     pub fn pipeline_depth(mut self, n: usize) -> Self {
         self.pipeline_depth = n.max(1);
         self
@@ -726,6 +928,20 @@ impl ProcessPoolBuilder {
 
     /// How long a new worker may take to report ready and run the
     /// initializer (default 60 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn slow_init(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    ///
+    /// let err = procpool::ProcessPool::builder()
+    ///     .workers(1)
+    ///     .initializer(slow_init, 60_000)
+    ///     .start_timeout(Duration::from_millis(200))
+    ///     .build()
+    ///     .unwrap_err(); // the slow worker is killed, not waited for
+    /// assert!(matches!(err, procpool::Error::Handshake { .. }));
+    /// ```
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
@@ -747,6 +963,15 @@ impl ProcessPoolBuilder {
     /// [`Error::Spawn`] or [`Error::Handshake`] when a worker cannot start,
     /// [`Error::BuildMismatch`] when the worker is a different build,
     /// [`Error::Initializer`] when the initializer fails.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = procpool::ProcessPool::builder().workers(2).build()?;
+    /// assert_eq!(pool.worker_pids().len(), 2); // running and ready
+    /// assert_eq!(pool.apply_blocking(square, 9), Ok(81));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
     pub fn build(self) -> Result<ProcessPool, Error> {
         worker::ensure_linked();
         if worker::is_worker() {
