@@ -1,8 +1,10 @@
 //! Prints one markdown table comparing procpool with its peers, all measured
-//! in this run on this machine, and a second one with Python's map figures.
+//! in this run on this machine, and a second one ("Map workloads") comparing
+//! procpool's `map` with rayon, serial Rust and Python's `Pool.map`, followed
+//! by whether the map issue's targets were met.
 //!
 //! ```text
-//! cargo run --release --example bench_report            # two to three minutes
+//! cargo run --release --example bench_report            # about four minutes
 //! cargo run --release --example bench_report -- --quick # smoke test, well under a minute
 //! ```
 //!
@@ -13,8 +15,10 @@
 //! measured twice, free-running and with everything pinned to one CPU (which
 //! leaves the CPU cost alone and is far steadier). Python's pools are measured
 //! by `scripts/python_peers.py`, run as a child process after the Rust peers
-//! (skipped, with a note, when `python3` is missing). The header says how much
-//! CPU other processes took during the run; above 10% the figures are suspect.
+//! with the same map sizes (skipped, with a note, when `python3` is missing);
+//! most of its time goes to fib(38) down to fib(1) in pure Python. The header
+//! says how much CPU other processes took during the run; above 10% the
+//! figures are suspect.
 //!
 //! procspawn re-executes this binary and needs `procspawn::init()` first thing
 //! in `main`; procpool needs no setup call.
@@ -26,6 +30,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::TryStreamExt;
+use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 
 /// Path of the Python peers script.
@@ -80,10 +86,17 @@ struct Config {
     slow_reps: usize,
     /// Payload of the bulk transfer.
     big_bytes: usize,
+    /// Repetitions of the Rust map workloads: on small VMs two equally good
+    /// schedules often differ by 10 to 20% in one repetition.
+    map_reps: usize,
+    /// Items of the trivial (x*x) map.
+    map_items: u64,
     /// Largest n of the fib workload (fib(n) down to fib(1)).
     fib_top: u32,
-    /// How many numbers the factorisation workload factorises.
+    /// How many numbers the factorisation workload factorises (Python too).
     factor_count: u64,
+    /// The bigger factorisation input, Rust only (Python would take minutes).
+    factor_count_big: u64,
 }
 
 impl Config {
@@ -95,8 +108,11 @@ impl Config {
                 reps: 5,
                 slow_reps: 3,
                 big_bytes: 16 << 20,
+                map_reps: 5,
+                map_items: 100_000,
                 fib_top: 30,
                 factor_count: 2_000,
+                factor_count_big: 20_000,
             }
         } else {
             Config {
@@ -105,8 +121,11 @@ impl Config {
                 reps: 21,
                 slow_reps: 9,
                 big_bytes: 64 << 20,
+                map_reps: 21,
+                map_items: 1_000_000,
                 fib_top: 38,
                 factor_count: 20_000,
+                factor_count_big: 200_000,
             }
         }
     }
@@ -545,42 +564,215 @@ fn pool_start(cfg: &Config) -> (f64, f64) {
     (t[0], t[1])
 }
 
-/// Rust serial reference times for the map workloads, on the sizes the Python
-/// run used (so both sides did the same work).
-struct Serial {
-    fib_top: u32,
-    fib_secs: f64,
-    factor_start: u64,
-    factor_count: u64,
-    factor_secs: f64,
-    /// Total number of prime factors found, to cross-check with Python.
+/// First number of the factorisation workload (as in the Python script).
+const FACTOR_START: u64 = 10_000_000;
+
+/// A peer whose every operation is `op`; only `op` is timed, and its output is
+/// handed to `check` (and dropped) afterwards.
+fn checked<'a, T>(op: impl Fn() -> T + 'a, check: impl Fn(T) + 'a) -> Run<'a> {
+    Box::new(move |n| {
+        let mut total = Duration::ZERO;
+        for _ in 0..n {
+            let start = Instant::now();
+            let out = op();
+            total += start.elapsed();
+            check(out);
+        }
+        total
+    })
+}
+
+/// Collects a map's results, failing on the first task error.
+fn collect<A, R>(map: procpool::Map<A, R>) -> Vec<R> {
+    futures::executor::block_on(map.try_collect()).expect("map task")
+}
+
+/// Figures measured for the x*x map (seconds per map).
+struct SquaresMap {
+    items: u64,
+    process: f64,
+    thread: f64,
+    rayon: f64,
+}
+
+/// Figures measured for the skewed fib map (seconds per map).
+struct FibMap {
+    top: u32,
+    serial: f64,
+    process: f64,
+    /// ProcessPool map with a fixed chunk size: (size, seconds).
+    chunked: Vec<(usize, f64)>,
+    rayon: f64,
+    /// rayon's `par_iter().with_max_len(1)`: every item a job of its own.
+    rayon_max_len_1: f64,
+}
+
+impl FibMap {
+    /// The fastest hand-picked chunk size: (size, seconds).
+    fn best_chunk(&self) -> (usize, f64) {
+        (self.chunked.iter().copied())
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("chunk sizes measured")
+    }
+}
+
+/// Figures measured for one factorisation map (seconds per map).
+struct FactorMap {
+    count: u64,
+    serial: f64,
+    process: f64,
+    thread: f64,
+    /// Prime factors found in all, to cross-check with Python.
     factors: usize,
 }
 
-impl Serial {
-    fn measure(cfg: &Config, py: Option<&Python>) -> Serial {
-        eprintln!("measuring: Rust serial references");
-        let size =
-            |key: &str, default: u64| py.and_then(|p| p.num(key)).map_or(default, |v| v as u64);
-        let fib_top = size("fib_top", cfg.fib_top.into()) as u32;
-        let factor_start = size("factor_start", 10_000_000);
-        let factor_count = size("factor_count", cfg.factor_count);
+/// Everything measured for the map workloads.
+struct Maps {
+    /// Repetitions each Rust figure is the median of.
+    reps: usize,
+    squares: SquaresMap,
+    fib: FibMap,
+    factor: Vec<FactorMap>,
+}
 
-        let start = Instant::now();
-        black_box((1..=fib_top).rev().map(|n| fib(black_box(n))).sum::<u64>());
-        let fib_secs = start.elapsed().as_secs_f64();
-        let start = Instant::now();
-        let factors = (factor_start..factor_start + factor_count)
-            .map(|n| factorize(black_box(n)).len())
-            .sum();
-        Serial {
-            fib_top,
-            fib_secs,
-            factor_start,
-            factor_count,
-            factor_secs: start.elapsed().as_secs_f64(),
-            factors,
-        }
+/// The map workloads on 2-worker pools, built once and reused (Python's
+/// `Pool.map` runs on a warm pool too).
+fn maps(cfg: &Config) -> Maps {
+    let process = procpool::ProcessPool::new(2).expect("process pool");
+    let thread = procpool::ThreadPool::new(2).expect("thread pool");
+    let rayon = rayon_pool(2);
+    let squares = squares_map(cfg, &process, &thread, &rayon);
+    let fib = fib_map(cfg, &process, &rayon);
+    let factor = [cfg.factor_count, cfg.factor_count_big]
+        .into_iter()
+        .map(|count| factor_map(cfg, count, &process, &thread))
+        .collect();
+    process.terminate();
+    thread.terminate();
+    Maps {
+        reps: cfg.map_reps,
+        squares,
+        fib,
+        factor,
+    }
+}
+
+fn squares_map(
+    cfg: &Config,
+    process: &procpool::ProcessPool,
+    thread: &procpool::ThreadPool,
+    rayon: &rayon::ThreadPool,
+) -> SquaresMap {
+    let n = cfg.map_items;
+    eprintln!("measuring: map of x*x over {n} items");
+    let check = |v: Vec<u64>| {
+        assert_eq!(v.len() as u64, n, "every item mapped");
+        assert!((0..n).zip(&v).all(|(i, &x)| x == square(i)), "x*x");
+    };
+    let mut peers: Vec<Run<'_>> = vec![
+        checked(|| collect(process.map(square, 0..n)), check),
+        checked(|| collect(thread.map(square, 0..n)), check),
+        checked(
+            || rayon.install(|| (0..n).into_par_iter().map(square).collect()),
+            check,
+        ),
+    ];
+    let t = measure(&mut peers, Duration::ZERO, cfg.map_reps);
+    SquaresMap {
+        items: n,
+        process: t[0],
+        thread: t[1],
+        rayon: t[2],
+    }
+}
+
+/// Hand-picked chunk sizes the adaptive default is held against.
+const FIB_CHUNKS: [usize; 3] = [1, 2, 4];
+
+fn fib_map(cfg: &Config, process: &procpool::ProcessPool, rayon: &rayon::ThreadPool) -> FibMap {
+    let top = cfg.fib_top;
+    eprintln!("measuring: map of fib(n), n = {top} down to 1");
+    let inputs: Vec<u32> = (1..=top).rev().collect();
+    // sum(fib(1..=n)) == fib(n + 2) - 1: checks every map returned it all.
+    let (mut a, mut b) = (0u64, 1u64);
+    for _ in 0..top + 2 {
+        (a, b) = (b, a + b);
+    }
+    let check = move |v: Vec<u64>| assert_eq!(v.iter().sum::<u64>(), a - 1, "fib sums");
+    let inputs = &inputs;
+    let mut peers: Vec<Run<'_>> = vec![
+        checked(
+            || inputs.iter().map(|&n| fib(black_box(n))).collect(),
+            check,
+        ),
+        checked(|| collect(process.map(fib, inputs.clone())), check),
+        checked(
+            || rayon.install(|| inputs.par_iter().map(|&n| fib(n)).collect()),
+            check,
+        ),
+        checked(
+            || {
+                rayon.install(|| {
+                    (inputs.par_iter().with_max_len(1))
+                        .map(|&n| fib(n))
+                        .collect()
+                })
+            },
+            check,
+        ),
+    ];
+    for size in FIB_CHUNKS {
+        peers.push(checked(
+            move || collect(process.map(fib, inputs.clone()).chunk_size(size)),
+            check,
+        ));
+    }
+    let t = measure(&mut peers, Duration::ZERO, cfg.map_reps);
+    FibMap {
+        top,
+        serial: t[0],
+        process: t[1],
+        rayon: t[2],
+        rayon_max_len_1: t[3],
+        chunked: FIB_CHUNKS.into_iter().zip(t[4..].iter().copied()).collect(),
+    }
+}
+
+fn factor_map(
+    cfg: &Config,
+    count: u64,
+    process: &procpool::ProcessPool,
+    thread: &procpool::ThreadPool,
+) -> FactorMap {
+    eprintln!("measuring: map of factorise over {count} numbers");
+    let numbers = FACTOR_START..FACTOR_START + count;
+    // Every peer must find the same factors: (how many, their sum).
+    let found = std::cell::Cell::new(None);
+    let check = |v: Vec<Vec<u64>>| {
+        assert_eq!(v.len() as u64, count, "every number factorised");
+        let digest = (
+            v.iter().map(Vec::len).sum::<usize>(),
+            v.iter().flatten().sum::<u64>(),
+        );
+        assert_eq!(found.get().unwrap_or(digest), digest, "factors agree");
+        found.set(Some(digest));
+    };
+    let mut peers: Vec<Run<'_>> = vec![
+        checked(
+            || numbers.clone().map(|n| factorize(black_box(n))).collect(),
+            check,
+        ),
+        checked(|| collect(process.map(factorize, numbers.clone())), check),
+        checked(|| collect(thread.map(factorize, numbers.clone())), check),
+    ];
+    let t = measure(&mut peers, Duration::ZERO, cfg.map_reps);
+    drop(peers);
+    FactorMap {
+        count,
+        serial: t[0],
+        process: t[1],
+        thread: t[2],
+        factors: found.get().map_or(0, |(factors, _)| factors),
     }
 }
 
@@ -590,13 +782,17 @@ struct Python(HashMap<String, String>);
 
 impl Python {
     /// Runs the script; `Err` explains why there are no Python figures.
-    fn run(quick: bool) -> Result<Python, String> {
+    fn run(cfg: &Config) -> Result<Python, String> {
         eprintln!("measuring: Python peers ({PYTHON_SCRIPT})");
         let mut cmd = Command::new("python3");
         cmd.arg(PYTHON_SCRIPT).stderr(Stdio::inherit());
-        if quick {
+        if cfg.quick {
             cmd.arg("--quick");
         }
+        // The map workloads' sizes, so that both sides do the same work.
+        cmd.arg(format!("--map-items={}", cfg.map_items))
+            .arg(format!("--fib-top={}", cfg.fib_top))
+            .arg(format!("--factor-count={}", cfg.factor_count));
         let out = match cmd.output() {
             Ok(out) => out,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -935,64 +1131,202 @@ fn print_header(cfg: &Config, python: &Result<Python, String>, began: Option<Cpu
     println!();
 }
 
-/// The second table: Python's map figures, with Rust serial times for scale.
-fn print_python_maps(py: &Python, serial: &Serial) {
-    println!("\n## Python map baselines\n");
-    println!(
-        "procpool figures follow once `pool.map` exists; the Rust serial times show \
-         how much of each figure is the work itself.\n"
+/// `n` with thousands separators: 1,000,000.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A target of the map issue: its wording, and whether `value` meets it.
+struct Target {
+    what: String,
+    value: String,
+    met: bool,
+}
+
+/// The second table: procpool's maps against rayon, Rust serial code and
+/// Python's `Pool.map`, and the map issue's targets.
+fn print_maps(m: &Maps, py: Option<&Python>) {
+    println!("\n## Map workloads\n");
+    println!("| Workload | procpool | Peer | procpool / peer (or speedup) |");
+    println!("|---|---|---|---:|");
+    let row = |workload: &str, ours: String, peer: String, last: String| {
+        println!("| {workload} | {ours} | {peer} | {last} |");
+    };
+    let ratio = |workload: &str, ours: (&str, f64), peer: (&str, f64)| {
+        row(
+            workload,
+            format!("{} {}", ours.0, fmt_time(ours.1)),
+            format!("{} {}", peer.0, fmt_time(peer.1)),
+            format!("{:.2}×", ours.1 / peer.1),
+        );
+    };
+    let py_num = |key: &str| py.and_then(|p| p.num(key));
+    let mut targets = Vec::new();
+
+    let sq = &m.squares;
+    let w = &format!("x*x over {} items", grouped(sq.items));
+    let pp = ("ProcessPool map", sq.process);
+    if let Some(secs) = py_num("pool_map_1m_s") {
+        let chunk = py_num("pool_map_1m_chunksize").map_or(0, |c| c as u64);
+        let label = format!("Python Pool.map, default chunksize ({})", grouped(chunk));
+        ratio(w, pp, (&label, secs));
+        targets.push(Target {
+            what: "x*x: ProcessPool map at least 4× faster than Python's Pool.map \
+                   (procpool / peer ≤ 0.25×)"
+                .into(),
+            value: format!("{:.1}× faster", secs / sq.process),
+            met: sq.process * 4.0 <= secs,
+        });
+    }
+    ratio(w, pp, ("ThreadPool map", sq.thread));
+    ratio(w, pp, ("rayon par_iter", sq.rayon));
+    ratio(
+        w,
+        ("ThreadPool map", sq.thread),
+        ("rayon par_iter", sq.rayon),
     );
-    println!("| Workload | Python | Time | Rust serial (reference) |");
-    println!("|---|---|---:|---:|");
-    let items = py.text("map_items");
-    let fibs = format!("fib(n), n = {} down to 1 (skewed)", serial.fib_top);
-    let factor = format!(
-        "factorise {} numbers from {} (uniform)",
-        serial.factor_count, serial.factor_start
+
+    let fb = &m.fib;
+    let w = &format!("fib(n), n = {} down to 1 (skewed)", fb.top);
+    let pp = ("ProcessPool map", fb.process);
+    let (best, best_secs) = fb.best_chunk();
+    let best_label = format!("ProcessPool map, chunk_size({best}) (best of 1, 2, 4)");
+    ratio(w, pp, (&best_label, best_secs));
+    ratio(w, pp, ("rayon par_iter (2-thread pool)", fb.rayon));
+    ratio(
+        w,
+        pp,
+        ("rayon par_iter().with_max_len(1)", fb.rayon_max_len_1),
     );
-    let (fib_s, factor_s) = (Some(serial.fib_secs), Some(serial.factor_secs));
-    let lines = [
-        (
-            format!("x*x over {items} items"),
-            "Pool.map, default chunksize",
-            "pool_map_1m_s",
-            None,
-        ),
-        (
-            fibs.clone(),
-            "Pool.map, default chunksize",
-            "fib_pool_map_s",
-            fib_s,
-        ),
-        (
-            fibs.clone(),
-            "Pool.map, chunksize=1",
-            "fib_pool_map_chunksize1_s",
-            fib_s,
-        ),
-        (fibs, "ProcessPoolExecutor.map", "fib_executor_map_s", fib_s),
-        (
-            factor.clone(),
-            "Pool.map, default chunksize",
-            "factor_pool_map_s",
-            factor_s,
-        ),
-        (factor, "serial loop", "factor_serial_s", factor_s),
-    ];
-    for (workload, how, key, rust) in lines {
-        if let Some(secs) = py.num(key) {
-            let rust = rust.map_or_else(|| "–".to_string(), fmt_time);
-            println!("| {workload} | {how} | {} | {rust} |", fmt_time(secs));
+    let fib_chunk = py_num("fib_pool_map_chunksize").map_or(0, |c| c as u64);
+    let default_label = format!("Python Pool.map, default chunksize ({fib_chunk})");
+    for (label, key) in [
+        (default_label.as_str(), "fib_pool_map_s"),
+        ("Python Pool.map, chunksize=1", "fib_pool_map_chunksize1_s"),
+    ] {
+        if let Some(secs) = py_num(key) {
+            ratio(w, pp, (label, secs));
         }
     }
-    if let (Some(pool), Some(alone)) = (py.num("factor_pool_map_s"), py.num("factor_serial_s")) {
-        println!(
-            "\nPython's factorisation speedup on 2 workers over its serial loop: {:.2}×.",
-            alone / pool
+    targets.push(Target {
+        what: "fib: default chunking within 5% of the best hand-picked chunk size \
+               (≤ 1.05×)"
+            .into(),
+        value: format!("{:.2}× of chunk_size({best})", fb.process / best_secs),
+        met: fb.process <= 1.05 * best_secs,
+    });
+    targets.push(Target {
+        what: "fib: within 5% of rayon's par_iter (≤ 1.05×)".into(),
+        value: format!("{:.2}×", fb.process / fb.rayon),
+        met: fb.process <= 1.05 * fb.rayon,
+    });
+
+    for f in &m.factor {
+        let w = &format!(
+            "factorise {} numbers from {} (uniform)",
+            grouped(f.count),
+            grouped(FACTOR_START)
         );
+        let speedup = |secs: f64, serial: f64, who: &str| {
+            row(
+                w,
+                format!("{who} map {}", fmt_time(secs)),
+                format!("Rust serial {}", fmt_time(serial)),
+                format!("speedup {:.2}×", serial / secs),
+            );
+        };
+        speedup(f.process, f.serial, "ProcessPool");
+        speedup(f.thread, f.serial, "ThreadPool");
+        let python = py.filter(|p| p.num("factor_count") == Some(f.count as f64));
+        if let Some((pool, alone)) =
+            python.and_then(|p| Some((p.num("factor_pool_map_s")?, p.num("factor_serial_s")?)))
+        {
+            row(
+                w,
+                format!("ProcessPool map, speedup {:.2}×", f.serial / f.process),
+                format!(
+                    "Python Pool.map {}, serial loop {}: speedup {:.2}×",
+                    fmt_time(pool),
+                    fmt_time(alone),
+                    alone / pool
+                ),
+                format!(
+                    "speedup {:.2}× vs {:.2}×",
+                    f.serial / f.process,
+                    alone / pool
+                ),
+            );
+        }
+        targets.push(Target {
+            what: format!(
+                "factorise {}: ProcessPool map speedup over serial ≥ 1.9× \
+                 (0.95 × 2 workers)",
+                grouped(f.count)
+            ),
+            value: format!("{:.2}×", f.serial / f.process),
+            met: f.serial / f.process >= 1.9,
+        });
     }
-    if py.num("factor_total_factors") != Some(serial.factors as f64) {
-        println!("\n**warning**: the Rust and Python factorisations disagree.");
+
+    println!(
+        "\nAll pools have 2 workers (threads), are warm, and are reused across \
+         repetitions. Every Rust figure is the median of {} interleaved repetitions, \
+         every Python one of {} (x*x: {}), and includes collecting the results into a \
+         `Vec` (a `list` in Python). procpool / peer < 1 means procpool is faster; a \
+         speedup is the serial time over the parallel one, each side against its own \
+         serial loop.",
+        m.reps,
+        py.map_or_else(|| "–".into(), |p| p.text("map_reps").to_string()),
+        py.map_or_else(|| "–".into(), |p| p.text("squares_reps").to_string()),
+    );
+    let chunks: Vec<String> = (fb.chunked.iter())
+        .map(|&(size, secs)| format!("chunk_size({size}) {}", fmt_time(secs)))
+        .collect();
+    println!(
+        "\nfib: the ProcessPool map with hand-picked chunk sizes took {}; Rust serial \
+         took {}, so no schedule on 2 workers beats about {}. rayon's plain `par_iter` \
+         stops splitting after a few halvings, so one thread gets the first several \
+         (largest) items as one piece; `with_max_len(1)` makes every item a job of its \
+         own, the hand-tuned rayon. The target is against the plain `par_iter`.",
+        chunks.join(", "),
+        fmt_time(fb.serial),
+        fmt_time(fb.serial / 2.0),
+    );
+    if let Some(py) = py {
+        let big = m.factor.iter().map(|f| f.count).max().unwrap_or(0);
+        if let (Some(count), Some(alone)) = (py.num("factor_count"), py.num("factor_serial_s")) {
+            println!(
+                "\nPython factorises {} numbers only: at its serial loop's pace, {} \
+                 would take {} per repetition for the serial loop alone.",
+                grouped(count as u64),
+                grouped(big),
+                fmt_time(alone / count * big as f64),
+            );
+        }
+        let same = |key: &str, ours: u64| py.num(key) == Some(ours as f64);
+        if !(same("map_items", m.squares.items) && same("fib_top", m.fib.top.into())) {
+            println!("\n**warning**: Python ran other map sizes than the Rust side.");
+        }
+        if let Some(f) = m.factor.iter().find(|f| same("factor_count", f.count)) {
+            if !same("factor_total_factors", f.factors as u64) {
+                println!("\n**warning**: the Rust and Python factorisations disagree.");
+            }
+        }
+    } else {
+        println!("\nNo Python figures: see the header.");
+    }
+    println!("\nTargets of the map issue, in this run:\n");
+    for t in &targets {
+        let verdict = if t.met { "met" } else { "**missed**" };
+        println!("- {}: {} — {verdict}", t.what, t.value);
     }
 }
 
@@ -1044,15 +1378,13 @@ fn main() {
         bulk: (pipe, process, cfg.big_bytes),
         start,
     };
-    let python = Python::run(cfg.quick);
+    let maps = maps(&cfg);
+    let python = Python::run(&cfg);
     let py = python.as_ref().ok();
-    let serial = Serial::measure(&cfg, py);
 
     print_header(&cfg, &python, cpu_clock);
     print_table(&comparison_rows(&measured, py));
     print_notes(&measured, py);
-    if let Some(py) = py {
-        print_python_maps(py, &serial);
-    }
+    print_maps(&maps, py);
     eprintln!("done in {:.1} s", began.elapsed().as_secs_f64());
 }

@@ -14,15 +14,19 @@ start method (fork on Linux):
   without chunksize (per-item times);
 * ``Pool.map`` of 1,000,000 trivial items (x*x) with the default chunksize;
 * skewed work, fib(n) for n = 38 down to 1: ``Pool.map`` default chunksize and
-  chunksize=1, ``ProcessPoolExecutor.map``;
+  chunksize=1;
 * uniform work, trial-division factorisation of 20,000 numbers from
   10,000,000: ``Pool.map`` default chunksize and a serial loop;
 * pool start: a 2-worker pool built and its first task done (fork, and the
   ``spawn`` start method for comparison with procpool's re-exec).
 
-Prints one flat JSON object to stdout (progress goes to stderr). ``--quick``
-shrinks the heavy workloads for smoke tests (fib from 30, 2,000 numbers,
-100,000 map items, 2,000 small tasks). Standard library only.
+The map figures are medians of a few repetitions (the variants of one
+workload interleaved). Prints one flat JSON object to stdout (progress goes to
+stderr). ``--quick`` shrinks the heavy workloads for smoke tests (fib from 30,
+2,000 numbers, 100,000 map items, 2,000 small tasks); ``--map-items``,
+``--fib-top`` and ``--factor-count`` set those sizes explicitly (the
+``bench_report`` example passes its own, so both sides do the same work).
+Standard library only.
 """
 
 import argparse
@@ -179,6 +183,24 @@ def many_small(pool, executor, n, reps):
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def interleaved(reps, peers):
+    """Median seconds of each of ``peers`` (name -> function), over ``reps``
+    repetitions that each run every peer once, in rotating order."""
+    names = list(peers)
+    samples = {name: [] for name in names}
+    for rep in range(reps):
+        for k in range(len(names)):
+            name = names[(rep + k) % len(names)]
+            samples[name].append(timed(peers[name]))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def default_chunksize(items):
+    """The chunksize ``Pool.map`` picks when given none (CPython's rule)."""
+    chunksize, extra = divmod(items, WORKERS * 4)
+    return chunksize + 1 if extra else chunksize
+
+
 def pool_start(reps, spawn_reps):
     """Milliseconds to build a 2-worker pool and finish its first task."""
 
@@ -205,17 +227,27 @@ def pool_start(reps, spawn_reps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shrink the heavy workloads")
+    parser.add_argument("--map-items", type=int, help="items of the x*x map")
+    parser.add_argument("--fib-top", type=int, help="largest n of the fib map")
+    parser.add_argument("--factor-count", type=int, help="numbers to factorise")
     args = parser.parse_args()
     quick = args.quick
 
-    fib_top = 30 if quick else 38
-    factor_count = 2_000 if quick else 20_000
+    def size(given, quick_default, default):
+        if given is not None:
+            return given
+        return quick_default if quick else default
+
+    fib_top = size(args.fib_top, 30, 38)
+    factor_count = size(args.factor_count, 2_000, 20_000)
     factor_start = 10_000_000
-    map_items = 100_000 if quick else 1_000_000
+    map_items = size(args.map_items, 100_000, 1_000_000)
     small_n = 2_000 if quick else 10_000
     rt_batch, rt_reps = (200, 5) if quick else (200, 15)
     small_reps = 2 if quick else 5
-    map_reps = 3
+    # Each fib repetition takes half a minute at n = 38; the trivial map is
+    # quick, so it gets more.
+    map_reps, squares_reps = 3, 5
 
     out = {
         "python": platform.python_version(),
@@ -228,6 +260,8 @@ def main():
         "factor_start": factor_start,
         "map_items": map_items,
         "small_tasks": small_n,
+        "map_reps": map_reps,
+        "squares_reps": squares_reps,
     }
 
     log("round trips, pinned to one CPU")
@@ -242,7 +276,8 @@ def main():
 
         log(f"Pool.map of {map_items} items")
         items = range(map_items)
-        out["pool_map_1m_s"] = median_of(map_reps, lambda: pool.map(square, items))
+        out["pool_map_1m_s"] = median_of(squares_reps, lambda: pool.map(square, items))
+        out["pool_map_1m_chunksize"] = default_chunksize(map_items)
 
         fib_args = list(range(fib_top, 0, -1))
         # sum(fib(1..=n)) == fib(n + 2) - 1: checks every map returned it all.
@@ -250,19 +285,22 @@ def main():
         for _ in range(fib_top + 2):
             a, b = b, a + b
         fib_sum = a - 1
-        log(f"fib({fib_top}) down to fib(1)")
+        log(f"fib({fib_top}) down to fib(1), {map_reps} times")
 
-        def fib_run(run):
+        def fib_map(*chunksize):
             def go():
-                assert sum(run()) == fib_sum
+                assert sum(pool.map(fib, fib_args, *chunksize)) == fib_sum
 
-            return timed(go)
+            return go
 
-        out["fib_pool_map_s"] = fib_run(lambda: pool.map(fib, fib_args))
-        out["fib_pool_map_chunksize1_s"] = fib_run(lambda: pool.map(fib, fib_args, 1))
-        out["fib_executor_map_s"] = fib_run(lambda: list(executor.map(fib, fib_args)))
+        found = interleaved(
+            map_reps,
+            {"fib_pool_map_s": fib_map(), "fib_pool_map_chunksize1_s": fib_map(1)},
+        )
+        out.update(found)
+        out["fib_pool_map_chunksize"] = default_chunksize(len(fib_args))
 
-        log(f"factorising {factor_count} numbers")
+        log(f"factorising {factor_count} numbers, {map_reps} times")
         numbers = range(factor_start, factor_start + factor_count)
         results = {}
 
@@ -270,12 +308,22 @@ def main():
             def go():
                 results[key] = run()
 
-            out[key] = timed(go)
+            return go
 
-        factor_run("factor_pool_map_s", lambda: pool.map(factorize, numbers))
-        factor_run("factor_serial_s", lambda: [factorize(n) for n in numbers])
-        assert results["factor_pool_map_s"] == results["factor_serial_s"]
-        out["factor_total_factors"] = sum(len(f) for f in results["factor_serial_s"])
+        found = interleaved(
+            map_reps,
+            {
+                "factor_pool_map_s": factor_run(
+                    "pool", lambda: pool.map(factorize, numbers)
+                ),
+                "factor_serial_s": factor_run(
+                    "serial", lambda: [factorize(n) for n in numbers]
+                ),
+            },
+        )
+        out.update(found)
+        assert results["pool"] == results["serial"]
+        out["factor_total_factors"] = sum(len(f) for f in results["serial"])
 
     # Last, so that the pools it starts and tears down disturb nothing else.
     log("pool start")
