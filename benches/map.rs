@@ -13,35 +13,9 @@ use futures::TryStreamExt;
 use procpool::{ProcessPool, ThreadPool};
 use rayon::prelude::*;
 
-fn square(x: u64) -> u64 {
-    x * x
-}
-
-/// Deliberately slow recursive Fibonacci: the reference's skewed workload.
-fn fib(n: u32) -> u64 {
-    if n < 2 {
-        n as u64
-    } else {
-        fib(n - 1) + fib(n - 2)
-    }
-}
-
-/// Naive trial division: the reference's uniform workload.
-fn factorize(mut n: u64) -> Vec<u64> {
-    let mut factors = Vec::new();
-    let mut d = 2;
-    while d * d <= n {
-        while n % d == 0 {
-            factors.push(d);
-            n /= d;
-        }
-        d += 1;
-    }
-    if n > 1 {
-        factors.push(n);
-    }
-    factors
-}
+#[path = "support/peers.rs"]
+mod peers;
+use peers::*;
 
 const WORKERS: usize = 2;
 

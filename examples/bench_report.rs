@@ -25,8 +25,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,46 +33,14 @@ use futures::TryStreamExt;
 use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 
+#[path = "../benches/support/peers.rs"]
+mod peers;
+use peers::*;
+
 /// Path of the Python peers script.
 const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python_peers.py");
 /// Number of tasks in the "many small tasks" workload.
 const SMALL_TASKS: u64 = 10_000;
-
-/// The trivial task: cheap enough that only the round trip is measured.
-fn square(x: u64) -> u64 {
-    x.wrapping_mul(x)
-}
-
-/// Echo task for the bulk-transfer workload.
-fn echo(bytes: ByteBuf) -> ByteBuf {
-    bytes
-}
-
-/// Naive Fibonacci, the skewed workload (same as the Python script's).
-fn fib(n: u32) -> u64 {
-    if n < 2 {
-        u64::from(n)
-    } else {
-        fib(n - 1) + fib(n - 2)
-    }
-}
-
-/// Naive trial division, the uniform workload (same as the Python script's).
-fn factorize(mut n: u64) -> Vec<u64> {
-    let mut factors = Vec::new();
-    let mut d = 2;
-    while d * d <= n {
-        while n % d == 0 {
-            factors.push(d);
-            n /= d;
-        }
-        d += 1;
-    }
-    if n > 1 {
-        factors.push(n);
-    }
-    factors
-}
 
 /// Sizes and repetition counts of one run.
 struct Config {
@@ -178,71 +145,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// A `cat` child with both ends piped: the cheapest possible "other process
-/// that answers", i.e. the floor for any process pool.
-struct Cat {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
-}
-
-impl Cat {
-    fn spawn() -> Cat {
-        let mut child = Command::new("cat")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn cat");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        Cat {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Writes `msg` and reads the same number of bytes back.
-    fn ping(&mut self, msg: &[u8], buf: &mut [u8]) {
-        self.stdin.write_all(msg).expect("write to cat");
-        self.stdout.read_exact(buf).expect("read from cat");
-    }
-
-    /// Sends `data` through the child and reads it back into `out`; the write
-    /// runs on its own thread because a pipe holds far less than the payload.
-    fn copy(&mut self, data: &[u8], out: &mut [u8]) {
-        let stdin = &mut self.stdin;
-        let stdout = &mut self.stdout;
-        std::thread::scope(|s| {
-            s.spawn(|| stdin.write_all(data).expect("write to cat"));
-            stdout.read_exact(out).expect("read from cat");
-        });
-    }
-}
-
-impl Drop for Cat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A current-thread tokio runtime whose blocking pool has `threads` threads.
-fn tokio_runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .max_blocking_threads(threads)
-        .build()
-        .expect("tokio runtime")
-}
-
-/// A rayon pool of `threads` threads.
-fn rayon_pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("rayon pool")
-}
-
 /// One line of the comparison table.
 struct Row {
     workload: String,
@@ -289,53 +191,6 @@ fn fmt_time(secs: f64) -> String {
         2
     };
     format!("{value:.digits$} {unit}")
-}
-
-/// While alive, pins the calling thread to one CPU, and with it every thread
-/// and process started from it meanwhile (pools built in that window keep the
-/// pin for life). With everything on one CPU no wake-up has to reach an idle
-/// vCPU, which on small VMs costs a random 10 to 300 µs, so a round trip shows
-/// its CPU cost alone.
-struct PinnedToOneCpu {
-    #[cfg(target_os = "linux")]
-    previous: libc::cpu_set_t,
-}
-
-impl PinnedToOneCpu {
-    /// `None` where pinning is unsupported or refused.
-    #[cfg(target_os = "linux")]
-    fn new() -> Option<PinnedToOneCpu> {
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: cpu_set_t is plain data (all-zero is the empty set), and
-        // each call gets a set of exactly `size` bytes to read or write.
-        unsafe {
-            let mut previous: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size, &mut previous) != 0 {
-                return None;
-            }
-            let cpu = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &previous))?;
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut one);
-            if libc::sched_setaffinity(0, size, &one) != 0 {
-                return None;
-            }
-            Some(PinnedToOneCpu { previous })
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn new() -> Option<PinnedToOneCpu> {
-        None
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for PinnedToOneCpu {
-    fn drop(&mut self) {
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: restores the set read in `new`, passed with its true size.
-        unsafe { libc::sched_setaffinity(0, size, &self.previous) };
-    }
 }
 
 /// Figures measured for the apply round trip (seconds per call).
