@@ -854,6 +854,12 @@ impl ProcessPoolBuilder {
     /// [`try_spawn`](ProcessPool::try_spawn) returns
     /// [`TrySpawnError::Full`]; nothing is dropped. Default: unbounded.
     ///
+    /// A [`map`](ProcessPool::map) stream submits its chunks like `spawn`: when
+    /// the queue is full it waits, on the thread that polls it, until a worker
+    /// takes a queued task. Keep `max_queue` above the map's
+    /// [`in_flight`](crate::Map::in_flight) chunks (default two per worker) if
+    /// that matters.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
