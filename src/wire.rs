@@ -145,6 +145,17 @@ pub(crate) fn split_frame(
     Ok(Some((LEN_PREFIX..end, end)))
 }
 
+/// Checks the tag of a (possibly partial) worker → parent frame at the start
+/// of `buf` as soon as it is visible, so a stream knocked out of alignment
+/// (stray bytes from a misbehaving worker) is refused at once instead of
+/// waiting for a body that will never come.
+pub(crate) fn check_from_worker_tag(buf: &[u8]) -> Result<(), FrameError> {
+    match buf.get(LEN_PREFIX) {
+        None | Some(&(TAG_HELLO | TAG_REFUSED | TAG_RESULT)) => Ok(()),
+        Some(_) => Err(FrameError::Malformed("unknown message tag")),
+    }
+}
+
 /// How many bytes the partial frame at the start of `buf` still needs, when its
 /// length prefix is known (used to reserve buffer space once).
 pub(crate) fn missing_bytes(buf: &[u8]) -> Option<usize> {
@@ -462,6 +473,23 @@ mod tests {
                 payload: b"payload"
             }
         );
+    }
+
+    #[test]
+    fn a_misaligned_stream_is_refused_from_its_header() {
+        let mut out = vec![0u8]; // one stray byte
+        let mut frame = Vec::new();
+        begin_result(&mut frame, 1, Status::Ok);
+        finish_result(&mut frame, 0, 1, 0);
+        out.extend_from_slice(&frame);
+        assert_eq!(
+            split_frame(&out, 1 << 20).unwrap(),
+            None,
+            "looks like a partial frame"
+        );
+        assert!(check_from_worker_tag(&out).is_err());
+        assert!(check_from_worker_tag(&frame).is_ok());
+        assert!(check_from_worker_tag(&frame[..3]).is_ok());
     }
 
     #[test]

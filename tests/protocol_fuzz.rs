@@ -37,6 +37,25 @@ proptest! {
     }
 }
 
+/// The case proptest found: one stray byte ahead of a real result knocks the
+/// stream out of alignment. It must end in a prompt protocol error, not a
+/// wait for a frame that never comes.
+#[test]
+fn a_single_stray_byte_is_a_protocol_error_not_a_hang() {
+    let pool = ProcessPool::builder().workers(1).build().unwrap();
+    let started = std::time::Instant::now();
+    let r = pool.apply_blocking(write_then_return, vec![0]);
+    assert!(
+        matches!(r, Err(procpool::TaskError::Protocol { .. })),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "caught by the header check, not the stall timer"
+    );
+    assert_eq!(pool.apply_blocking(square, 3), Ok(9));
+}
+
 #[test]
 fn the_frame_limit_bounds_what_a_worker_can_make_the_parent_allocate() {
     // A length prefix of 4 GiB - 1: refused from the prefix alone.

@@ -1037,6 +1037,10 @@ impl ProcessPoolBuilder {
         let thread = std::thread::Builder::new()
             .name("procpool-supervisor".into())
             .spawn(move || {
+                // `done` closes only after the runtime is dropped, so when
+                // `shutdown` or `terminate` returns, the pool's own descriptors
+                // (epoll, timers, the reaping threads) are gone too.
+                let done = done_tx.clone();
                 runtime.block_on(async move {
                     let slots: Vec<_> = (0..workers)
                         .map(|idx| {
@@ -1053,6 +1057,8 @@ impl ProcessPoolBuilder {
                         let _ = slot.await;
                     }
                 });
+                drop(runtime);
+                drop(done);
             })
             .map_err(Error::Thread)?;
 

@@ -74,6 +74,10 @@ impl CancelHook for PoolCtx {
     }
 }
 
+/// How long part of a frame may sit unfinished before the worker's stream is
+/// judged out of step.
+const STALLED_FRAME: Duration = Duration::from_secs(10);
+
 /// Work a worker may be sent ahead of the job it runs, in expected run time:
 /// enough to hide a round trip, too little to strand tasks behind a long one.
 const AHEAD_NANOS: u64 = 200_000;
@@ -466,6 +470,9 @@ impl Worker {
             };
             let take = queue_open && retiring.is_none() && room(&inflight, sent);
             let idle_timer = cfg.idle_timeout.filter(|_| idle && ctx.elastic());
+            // Part of a frame with nothing more arriving: a healthy worker
+            // writes a frame in one go, so its stream is out of step.
+            let stall_timer = (!self.inbuf.is_empty()).then_some(STALLED_FRAME);
             let want = wire::missing_bytes(&self.inbuf)
                 .filter(|&n| n as u64 <= max)
                 .unwrap_or(0)
@@ -533,6 +540,12 @@ impl Worker {
                     }
                     Err(_) => queue_open = false,
                 },
+                _ = sleep_or_never(stall_timer) => {
+                    break Stop::Protocol(format!(
+                        "an incomplete frame ({} bytes) made no progress for {STALLED_FRAME:?}",
+                        self.inbuf.len()
+                    ));
+                }
                 _ = sleep_or_never(idle_timer) => {
                     // Give up this worker only while more than the minimum live.
                     let min = cfg.min_workers;
@@ -685,7 +698,10 @@ impl Worker {
         let outcome = loop {
             let (body, used) = match wire::split_frame(&self.inbuf[pos..], max) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => break Ok(()),
+                Ok(None) => match wire::check_from_worker_tag(&self.inbuf[pos..]) {
+                    Ok(()) => break Ok(()),
+                    Err(e) => break Err(e.to_string()),
+                },
                 Err(e) => break Err(e.to_string()),
             };
             let body = &self.inbuf[pos + body.start..pos + body.end];
