@@ -31,8 +31,6 @@ mod peers;
 use peers::*;
 use serde_bytes::ByteBuf;
 
-/// Number of tasks in the `many_small` group.
-const SMALL_TASKS: u64 = 10_000;
 /// Size of the payload in the `bytes_64mib` group.
 const BIG: usize = 64 << 20;
 
@@ -108,43 +106,16 @@ fn many_small(c: &mut Criterion) {
         .throughput(Throughput::Elements(SMALL_TASKS));
 
     let pool = procpool::ProcessPool::new(2).expect("process pool");
-    g.bench_function("procpool_process", |b| {
-        b.iter(|| {
-            let tasks: Vec<_> = (0..SMALL_TASKS).map(|i| pool.spawn(square, i)).collect();
-            futures::executor::block_on(async {
-                for t in tasks {
-                    black_box(t.await.expect("task"));
-                }
-            })
-        })
-    });
+    g.bench_function("procpool_process", |b| b.iter(|| many_small_on(&pool)));
     pool.terminate();
 
     let pool = procpool::ThreadPool::new(2).expect("thread pool");
-    g.bench_function("procpool_thread", |b| {
-        b.iter(|| {
-            let tasks: Vec<_> = (0..SMALL_TASKS).map(|i| pool.spawn(square, i)).collect();
-            futures::executor::block_on(async {
-                for t in tasks {
-                    black_box(t.await.expect("task"));
-                }
-            })
-        })
-    });
+    g.bench_function("procpool_thread", |b| b.iter(|| many_small_on(&pool)));
     pool.terminate();
 
     let rt = tokio_runtime(2);
     g.bench_function("tokio_spawn_blocking", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let tasks: Vec<_> = (0..SMALL_TASKS)
-                    .map(|i| tokio::task::spawn_blocking(move || square(i)))
-                    .collect();
-                for t in tasks {
-                    black_box(t.await.expect("task"));
-                }
-            })
-        })
+        b.iter(|| many_small_spawn_blocking(&rt))
     });
     drop(rt);
 

@@ -39,9 +39,6 @@ use peers::*;
 
 /// Path of the Python peers script.
 const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python_peers.py");
-/// Number of tasks in the "many small tasks" workload.
-const SMALL_TASKS: u64 = 10_000;
-
 /// Sizes and repetition counts of one run.
 struct Config {
     quick: bool,
@@ -306,38 +303,9 @@ fn many_small(cfg: &Config) -> ManySmall {
     let rayon = rayon_pool(2);
 
     let mut peers: Vec<Run<'_>> = vec![
-        Box::new(|n| {
-            time_n(n, || {
-                let tasks: Vec<_> = (0..SMALL_TASKS).map(|i| process.spawn(square, i)).collect();
-                futures::executor::block_on(async {
-                    for t in tasks {
-                        black_box(t.await.expect("task"));
-                    }
-                });
-            })
-        }),
-        Box::new(|n| {
-            time_n(n, || {
-                let tasks: Vec<_> = (0..SMALL_TASKS).map(|i| thread.spawn(square, i)).collect();
-                futures::executor::block_on(async {
-                    for t in tasks {
-                        black_box(t.await.expect("task"));
-                    }
-                });
-            })
-        }),
-        Box::new(|n| {
-            time_n(n, || {
-                rt.block_on(async {
-                    let tasks: Vec<_> = (0..SMALL_TASKS)
-                        .map(|i| tokio::task::spawn_blocking(move || square(i)))
-                        .collect();
-                    for t in tasks {
-                        black_box(t.await.expect("task"));
-                    }
-                });
-            })
-        }),
+        Box::new(|n| time_n(n, || many_small_on(&process))),
+        Box::new(|n| time_n(n, || many_small_on(&thread))),
+        Box::new(|n| time_n(n, || many_small_spawn_blocking(&rt))),
         Box::new(|n| {
             time_n(n, || {
                 let (tx, rx) = mpsc::channel();

@@ -156,3 +156,29 @@ impl Drop for PinnedToOneCpu {
         unsafe { libc::sched_setaffinity(0, size, &self.previous) };
     }
 }
+
+/// Tasks in the "many small tasks" workload.
+pub const SMALL_TASKS: u64 = 10_000;
+
+/// The "many small tasks" workload on a procpool pool: spawn them all, then
+/// await them all.
+pub fn many_small_on(pool: &impl procpool::Pool) {
+    let tasks: Vec<_> = (0..SMALL_TASKS).map(|i| pool.spawn(square, i)).collect();
+    futures::executor::block_on(async {
+        for t in tasks {
+            std::hint::black_box(t.await.expect("task"));
+        }
+    });
+}
+
+/// The same workload on tokio's blocking pool.
+pub fn many_small_spawn_blocking(rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..SMALL_TASKS)
+            .map(|i| tokio::task::spawn_blocking(move || square(i)))
+            .collect();
+        for t in tasks {
+            std::hint::black_box(t.await.expect("task"));
+        }
+    });
+}
