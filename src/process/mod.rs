@@ -1026,12 +1026,7 @@ impl ProcessPoolBuilder {
             counters: Counters::default(),
             typical_run_nanos: AtomicU64::new(0),
         });
-        // I/O and timers only: the signal driver would install process-wide
-        // handlers and descriptors that outlive the pool.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
+        let runtime = supervisor_runtime()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread_ctx = ctx.clone();
         let thread = std::thread::Builder::new()
@@ -1091,5 +1086,31 @@ impl ProcessPoolBuilder {
                 max_frame: self.max_frame,
             }),
         })
+    }
+}
+
+/// The small runtime the supervisor thread drives: I/O and timers only.
+///
+/// When the application enables tokio's `signal` feature, building any I/O
+/// driver also creates tokio's process-wide signal pipe the first time, and
+/// tokio panics (rather than returning an error) if that fails — which it does
+/// when the process is out of file descriptors. That panic is caught here and
+/// becomes the `Error` the caller of `build` expects.
+fn supervisor_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    let built = crate::panic_info::catch(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+    });
+    let failed = |why: String| {
+        Error::Io(std::io::Error::other(format!(
+            "the pool's I/O runtime could not start: {why}"
+        )))
+    };
+    match built {
+        Ok(Ok(runtime)) => Ok(runtime),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(caught) => Err(failed(caught.message)),
     }
 }

@@ -286,7 +286,7 @@ impl Worker {
             Ok(p) => p,
             Err(e) => {
                 reap_process(process).await;
-                return Err(Error::Io(e));
+                return Err(Error::Spawn(e));
             }
         };
         let mut worker = Worker {
