@@ -1,9 +1,10 @@
 //! The worker's job loop.
 //!
-//! Jobs run one at a time, in the order they arrive. Between two jobs the
-//! worker drains its input without blocking, so it learns of cancellations and
-//! new jobs before it names the job it starts next in the result frame it then
-//! writes (see [`crate::wire`] for why that makes cancellation exact).
+//! Jobs run one at a time, in the order they arrive. Before going idle, and
+//! every few microseconds while busy, the worker drains its input without
+//! blocking, so it learns of cancellations and new jobs before it names the
+//! job it starts next in the result frame it then writes (see [`crate::wire`]
+//! for why that makes cancellation exact).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -53,6 +54,7 @@ pub(super) fn serve(spec: Spec) -> i32 {
         out: Vec::with_capacity(4096),
         in_keeper: Default::default(),
         out_keeper: Default::default(),
+        last_drain: std::time::Instant::now(),
     };
 
     let identity = func_ref::build_identity();
@@ -135,7 +137,12 @@ struct Runner {
     /// Release `inbuf` / `out` memory once large frames stop coming.
     in_keeper: crate::buffer::Keeper,
     out_keeper: crate::buffer::Keeper,
+    /// When the input was last drained between two jobs.
+    last_drain: std::time::Instant,
 }
+
+/// How often a busy worker looks for new frames between jobs.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl Runner {
     fn run(&mut self) -> io::Result<()> {
@@ -172,9 +179,22 @@ impl Runner {
                     self.max_frame,
                 );
             }
-            let nanos = started.elapsed().as_nanos() as u64;
-            // Learn of cancellations and new jobs before naming the next one.
-            let open = self.fill(false)?;
+            let ended = std::time::Instant::now();
+            let nanos = ended.duration_since(started).as_nanos() as u64;
+            // Learn of cancellations and new jobs before naming the next one:
+            // always before going idle, otherwise at most every
+            // `DRAIN_INTERVAL` (a read that finds nothing costs more than a
+            // small job). A CANCEL left unread for that long at worst makes
+            // the worker start a cancelled job, which the frame below names,
+            // so the parent kills it: still exact, only dearer.
+            let open = if self.jobs.is_empty()
+                || ended.duration_since(self.last_drain) >= DRAIN_INTERVAL
+            {
+                self.last_drain = ended;
+                self.fill(false)?
+            } else {
+                true
+            };
             let next = self.jobs.front().map_or(0, |j| j.seq);
             wire::finish_result(&mut self.out, next, self.seen, nanos);
             self.output.write_all(&self.out)?;
@@ -292,6 +312,7 @@ mod tests {
             out: Vec::new(),
             in_keeper: Default::default(),
             out_keeper: Default::default(),
+            last_drain: std::time::Instant::now(),
         }
     }
 
