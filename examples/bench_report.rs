@@ -291,7 +291,11 @@ fn round_trip(cfg: &Config, pinned: bool) -> Option<RoundTrip> {
 struct ManySmall {
     process: f64,
     thread: f64,
+    /// tokio's blocking pool capped at 2 threads, like the pools.
     spawn_blocking: f64,
+    /// tokio's blocking pool as `#[tokio::main]` configures it (up to 512
+    /// threads), which is what most services run.
+    spawn_blocking_default: f64,
     rayon: f64,
 }
 
@@ -300,12 +304,14 @@ fn many_small(cfg: &Config) -> ManySmall {
     let process = procpool::ProcessPool::new(2).expect("process pool");
     let thread = procpool::ThreadPool::new(2).expect("thread pool");
     let rt = tokio_runtime(2);
+    let default_rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let rayon = rayon_pool(2);
 
     let mut peers: Vec<Run<'_>> = vec![
         Box::new(|n| time_n(n, || many_small_on(&process))),
         Box::new(|n| time_n(n, || many_small_on(&thread))),
         Box::new(|n| time_n(n, || many_small_spawn_blocking(&rt))),
+        Box::new(|n| time_n(n, || many_small_spawn_blocking(&default_rt))),
         Box::new(|n| {
             time_n(n, || {
                 let (tx, rx) = mpsc::channel();
@@ -328,7 +334,8 @@ fn many_small(cfg: &Config) -> ManySmall {
         process: per_task(t[0]),
         thread: per_task(t[1]),
         spawn_blocking: per_task(t[2]),
-        rayon: per_task(t[3]),
+        spawn_blocking_default: per_task(t[3]),
+        rayon: per_task(t[4]),
     }
 }
 
@@ -443,6 +450,9 @@ impl FibMap {
 struct FactorMap {
     count: u64,
     serial: f64,
+    /// Two plain threads, each factorising one half: what this machine's two
+    /// cores give when nothing is shared or sent anywhere.
+    halves: f64,
     process: f64,
     thread: f64,
     /// Prime factors found in all, to cross-check with Python.
@@ -587,6 +597,22 @@ fn factor_map(
         ),
         checked(|| collect(process.map(factorize, numbers.clone())), check),
         checked(|| collect(thread.map(factorize, numbers.clone())), check),
+        checked(
+            || {
+                let half = FACTOR_START + count / 2;
+                let part = |r: std::ops::Range<u64>| -> Vec<Vec<u64>> {
+                    r.map(|n| factorize(black_box(n))).collect()
+                };
+                std::thread::scope(|scope| {
+                    let first = scope.spawn(|| part(FACTOR_START..half));
+                    let mut second = part(half..FACTOR_START + count);
+                    let mut all = first.join().expect("thread");
+                    all.append(&mut second);
+                    all
+                })
+            },
+            check,
+        ),
     ];
     let t = measure(&mut peers, Duration::ZERO, cfg.map_reps);
     drop(peers);
@@ -595,6 +621,7 @@ fn factor_map(
         serial: t[0],
         process: t[1],
         thread: t[2],
+        halves: t[3],
         factors: found.get().map_or(0, |(factors, _)| factors),
     }
 }
@@ -813,8 +840,21 @@ fn comparison_rows(m: &Measured, py: Option<&Python>) -> Vec<Row> {
     let w = &format!("{SMALL_TASKS} small tasks, per task");
     let s = &m.small;
     let (pp, tp) = (("ProcessPool", s.process), ("ThreadPool", s.thread));
+    let (sb, sb_default) = (
+        (
+            "tokio spawn_blocking (2 blocking threads)",
+            s.spawn_blocking,
+        ),
+        (
+            "tokio spawn_blocking (default runtime, ≤512 blocking threads)",
+            s.spawn_blocking_default,
+        ),
+    );
+    rows.add(w, pp, sb);
+    rows.add(w, pp, sb_default);
     rows.add(w, pp, tp);
-    rows.add(w, tp, ("tokio spawn_blocking", s.spawn_blocking));
+    rows.add(w, tp, sb);
+    rows.add(w, tp, sb_default);
     rows.add(w, tp, ("rayon spawn + channel", s.rayon));
     rows.add_python(
         w,
@@ -1068,6 +1108,15 @@ fn print_maps(m: &Maps, py: Option<&Python>) {
         };
         speedup(f.process, f.serial, "ProcessPool");
         speedup(f.thread, f.serial, "ThreadPool");
+        row(
+            w,
+            format!("two plain threads, one half each {}", fmt_time(f.halves)),
+            format!("Rust serial {}", fmt_time(f.serial)),
+            format!(
+                "speedup {:.2}× (this machine's ceiling)",
+                f.serial / f.halves
+            ),
+        );
         let python = py.filter(|p| p.num("factor_count") == Some(f.count as f64));
         if let Some((pool, alone)) =
             python.and_then(|p| Some((p.num("factor_pool_map_s")?, p.num("factor_serial_s")?)))
@@ -1094,7 +1143,11 @@ fn print_maps(m: &Maps, py: Option<&Python>) {
                  (0.95 × 2 workers)",
                 grouped(f.count)
             ),
-            value: format!("{:.2}×", f.serial / f.process),
+            value: format!(
+                "{:.2}× (two plain threads: {:.2}×)",
+                f.serial / f.process,
+                f.serial / f.halves
+            ),
             met: f.serial / f.process >= 1.9,
         });
     }
