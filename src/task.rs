@@ -74,6 +74,12 @@ impl<R> Shared<R> {
         self.state.load(Ordering::Acquire) == CANCELLED
     }
 
+    /// True once the task has an outcome or was cancelled: nobody waits on it.
+    pub(crate) fn is_settled(&self) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        state & STATE_MASK == DONE || state == CANCELLED
+    }
+
     /// Delivers the task's outcome. Returns `false` (and drops the value) when
     /// the task was cancelled first or already finished.
     pub(crate) fn complete(&self, outcome: Result<R, TaskError>) -> bool {

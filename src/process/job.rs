@@ -70,6 +70,8 @@ pub(crate) trait JobSlot: Send + Sync {
     fn deliver(&self, status: Status, payload: &[u8], pid: u32);
     /// Completes the task with an error.
     fn fail(&self, error: TaskError);
+    /// See [`Shared::is_settled`].
+    fn is_settled(&self) -> bool;
 }
 
 impl<R: DeserializeOwned + Send> JobSlot for Shared<R> {
@@ -94,6 +96,22 @@ impl<R: DeserializeOwned + Send> JobSlot for Shared<R> {
 
     fn fail(&self, error: TaskError) {
         self.complete(Err(error));
+    }
+
+    fn is_settled(&self) -> bool {
+        Shared::is_settled(self)
+    }
+}
+
+/// A job is dropped with its task unsettled only when whatever held it is gone
+/// without an answer: the queue itself (the last pool handle went away), or a
+/// supervisor that unwound from a bug. The task then fails instead of waiting
+/// forever.
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.slot.is_settled() {
+            self.slot.fail(TaskError::PoolClosed);
+        }
     }
 }
 
