@@ -85,22 +85,19 @@ async fn results_equal_the_serial_computation_in_input_order() {
 
 #[tokio::test]
 async fn unordered_yields_every_result_once() {
+    async fn sorted(stream: procpool::Map<u64, u64>) -> Vec<u64> {
+        let mut got: Vec<u64> = stream.try_collect().await.unwrap();
+        got.sort_unstable();
+        got
+    }
+    let expected: Vec<u64> = (0..3000).map(square).collect();
     let pool = ProcessPool::new(2).unwrap();
-    let mut got: Vec<u64> = pool
-        .map_unordered(square, 0..3000)
-        .try_collect()
-        .await
-        .unwrap();
-    got.sort_unstable();
-    assert_eq!(got, (0..3000).map(square).collect::<Vec<_>>());
+    assert_eq!(sorted(pool.map_unordered(square, 0..3000)).await, expected);
     let threads = ThreadPool::new(2).unwrap();
-    let mut got: Vec<u64> = threads
-        .map_unordered(square, 0..3000)
-        .try_collect()
-        .await
-        .unwrap();
-    got.sort_unstable();
-    assert_eq!(got, (0..3000).map(square).collect::<Vec<_>>());
+    assert_eq!(
+        sorted(threads.map_unordered(square, 0..3000)).await,
+        expected
+    );
 }
 
 #[tokio::test]
