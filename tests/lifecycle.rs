@@ -19,7 +19,9 @@ fn append(path: &PathBuf, line: &str) {
         .append(true)
         .open(path)
         .unwrap();
-    writeln!(f, "{line}").unwrap();
+    // One write per line: `writeln!` may split it into several, which two
+    // workers appending at once could interleave.
+    f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
 /// Records which process ran it and sets a static the tasks read.
