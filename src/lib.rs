@@ -79,6 +79,18 @@
 //! `fn(A) -> R` (function items or non-capturing closures) and why the workers
 //! verify they are the same build as the parent.
 //!
+//! # How a call reaches a worker
+//!
+//! Each `ProcessPool` has one supervisor thread that owns the workers' pipes:
+//! it takes queued jobs, writes them (several at once when many are ready),
+//! reads results and completes the [`Task`]s, and notices a worker dying at
+//! once, busy or idle. A plain thread calling
+//! [`apply_blocking`](ProcessPool::apply_blocking) while a worker is idle
+//! skips the supervisor: it borrows the worker and exchanges the job and the
+//! result itself, so the round trip costs two thread switches instead of
+//! four; the supervisor takes the worker back for queued work, and settles
+//! the call if the worker dies.
+//!
 //! # Streaming maps
 //!
 //! [`ProcessPool::map`] and friends pull their input lazily, keep a bounded

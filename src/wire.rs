@@ -10,7 +10,13 @@
 //! | tag | body                                                   |
 //! |-----|--------------------------------------------------------|
 //! | JOB | `seq u64`, `fn u64`, `trampoline u64`, argument bytes  |
+//! | JOB_DIRECT | as `JOB`; the `RESULT` goes to the reply stream  |
 //! | CANCEL | `seq u64` — skip this job if it has not started     |
+//!
+//! `JOB_DIRECT` is the direct lane's job (see `process::lane`): a caller that
+//! borrowed an idle worker writes it itself and reads the answer from the
+//! worker's third stream, the reply stream, so the supervisor stays out of the
+//! round trip. Its `RESULT` names no next job (the worker held no other).
 //!
 //! Worker → parent:
 //!
@@ -42,6 +48,8 @@ use std::ops::Range;
 pub(crate) const TAG_JOB: u8 = 1;
 /// Parent → worker: skip a job that has not started.
 pub(crate) const TAG_CANCEL: u8 = 2;
+/// Parent → worker: run a job and answer on the reply stream.
+pub(crate) const TAG_JOB_DIRECT: u8 = 3;
 /// Worker → parent: ready, with pid and build identity.
 pub(crate) const TAG_HELLO: u8 = 10;
 /// Worker → parent: refuses to work (build mismatch), then exits.
@@ -213,6 +221,8 @@ pub(crate) enum ToWorker<'a> {
         func: u64,
         trampoline: u64,
         args: &'a [u8],
+        /// Answer on the reply stream (a `JOB_DIRECT` frame).
+        direct: bool,
     },
     Cancel {
         seq: u64,
@@ -223,11 +233,12 @@ impl<'a> ToWorker<'a> {
     pub(crate) fn decode(body: &'a [u8]) -> Result<Self, FrameError> {
         let mut c = Cursor::new(body);
         match c.u8()? {
-            TAG_JOB => Ok(ToWorker::Job {
+            tag @ (TAG_JOB | TAG_JOB_DIRECT) => Ok(ToWorker::Job {
                 seq: c.u64()?,
                 func: c.u64()?,
                 trampoline: c.u64()?,
                 args: c.rest(),
+                direct: tag == TAG_JOB_DIRECT,
             }),
             TAG_CANCEL => Ok(ToWorker::Cancel { seq: c.u64()? }),
             _ => Err(FrameError::Malformed("unknown message tag")),
@@ -258,8 +269,10 @@ pub(crate) fn begin_job(out: &mut Vec<u8>, func: u64, trampoline: u64) {
     out.extend_from_slice(&trampoline.to_le_bytes());
 }
 
-/// Sets the sequence number of a frame built with [`begin_job`].
-pub(crate) fn set_job_seq(frame: &mut [u8], seq: u64) {
+/// Sets the sequence number of a frame built with [`begin_job`], and whether
+/// its result goes to the reply stream (`JOB_DIRECT`) or the result stream.
+pub(crate) fn set_job_seq(frame: &mut [u8], seq: u64, direct: bool) {
+    frame[LEN_PREFIX] = if direct { TAG_JOB_DIRECT } else { TAG_JOB };
     frame[LEN_PREFIX + 1..LEN_PREFIX + 9].copy_from_slice(&seq.to_le_bytes());
 }
 
@@ -413,7 +426,7 @@ mod tests {
                 None => prop_assert!(cut < out.len()),
                 Some((body, _)) => prop_assert_eq!(
                     ToWorker::decode(&out[body]).unwrap(),
-                    ToWorker::Job { seq, func: 1, trampoline: 2, args: &args }
+                    ToWorker::Job { seq, func: 1, trampoline: 2, args: &args, direct: false }
                 ),
             }
         }
@@ -431,7 +444,8 @@ mod tests {
                 seq: 7,
                 func: 11,
                 trampoline: 13,
-                args: b"args"
+                args: b"args",
+                direct: false,
             }
         );
         let rest = &out[used..];
@@ -451,8 +465,21 @@ mod tests {
         begin_job(&mut built, 3, 4);
         built.extend_from_slice(b"xyz");
         end_frame(&mut built, 0);
-        set_job_seq(&mut built, 42);
+        set_job_seq(&mut built, 42, false);
         assert_eq!(built, direct);
+        // The same frame, answered on the reply stream.
+        set_job_seq(&mut built, 43, true);
+        let (body, _) = split_frame(&built, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            ToWorker::decode(&built[body]).unwrap(),
+            ToWorker::Job {
+                seq: 43,
+                func: 3,
+                trampoline: 4,
+                args: b"xyz",
+                direct: true,
+            }
+        );
     }
 
     #[test]

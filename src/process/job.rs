@@ -49,6 +49,20 @@ impl Frame {
         }
     }
 
+    /// The frame's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Small(v) => v,
+            Frame::Large(v) => v,
+        }
+    }
+
+    /// True for a frame copied into write buffers (at most
+    /// [`SHARE_ABOVE`](Self::SHARE_ABOVE) bytes).
+    pub(crate) fn is_small(&self) -> bool {
+        matches!(self, Frame::Small(_))
+    }
+
     /// The frame's bytes, writable (to set the sequence number). A large
     /// frame is unique here: the previous writer's reference, if the job is
     /// being resent, went with the previous worker; if not, it is copied.

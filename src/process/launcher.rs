@@ -1,4 +1,5 @@
-//! How a worker process is started, and which two byte streams it talks over.
+//! How a worker process is started, and which two byte streams it talks over
+//! (plus, optionally, a third: the reply stream of the direct lane).
 //!
 //! Kept behind one small trait so that workers could later be started
 //! elsewhere (over ssh, by a cluster scheduler) speaking the same protocol.
@@ -26,12 +27,15 @@ pub(crate) struct LaunchSpec {
     pub(crate) nice: i32,
 }
 
-/// A started worker: the parent's ends of its two streams, and the process.
+/// A started worker: the parent's ends of its streams, and the process.
 pub(crate) struct Launched {
     /// Jobs go here.
     pub(crate) to_worker: OwnedFd,
     /// Results come from here.
     pub(crate) from_worker: OwnedFd,
+    /// Results of direct jobs come from here, in blocking mode; `None` turns
+    /// the direct lane off for this worker (see `process::lane`).
+    pub(crate) replies: Option<OwnedFd>,
     /// The process itself.
     pub(crate) process: Box<dyn WorkerProcess>,
 }
@@ -85,20 +89,28 @@ fn executable() -> io::Result<std::path::PathBuf> {
 
 impl Launcher for LocalLauncher {
     fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched> {
-        // All ends are close-on-exec; only the child's own three are made
+        // All ends are close-on-exec; only the child's own four are made
         // inheritable, in the child, so no worker holds another's pipes (which
         // would keep a dead parent's lifeline open).
         let (job_r, job_w) = pipe_with(PipeFlags::CLOEXEC)?;
         let (res_r, res_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let (reply_r, reply_w) = pipe_with(PipeFlags::CLOEXEC)?;
         let (life_r, life_w) = pipe_with(PipeFlags::CLOEXEC)?;
         enlarge(&job_w);
         enlarge(&res_w);
+        enlarge(&reply_w);
 
-        let child_fds = [job_r.as_raw_fd(), res_w.as_raw_fd(), life_r.as_raw_fd()];
+        let child_fds = [
+            job_r.as_raw_fd(),
+            res_w.as_raw_fd(),
+            reply_w.as_raw_fd(),
+            life_r.as_raw_fd(),
+        ];
         let env = Spec {
             input: child_fds[0],
             output: child_fds[1],
-            lifeline: child_fds[2],
+            reply: child_fds[2],
+            lifeline: child_fds[3],
             identity: spec.identity,
             max_frame: spec.max_frame,
         }
@@ -151,10 +163,11 @@ impl Launcher for LocalLauncher {
             });
         }
         let child = cmd.spawn()?;
-        drop((job_r, res_w, life_r));
+        drop((job_r, res_w, reply_w, life_r));
         Ok(Launched {
             to_worker: job_w,
             from_worker: res_r,
+            replies: Some(reply_r),
             process: Box::new(LocalProcess {
                 child,
                 _lifeline: life_w,

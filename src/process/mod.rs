@@ -2,6 +2,7 @@
 
 mod init;
 mod job;
+mod lane;
 pub(crate) mod launcher;
 mod outbox;
 mod supervisor;
@@ -212,6 +213,12 @@ impl ProcessPool {
             Ok(prepared) => prepared,
             Err(failed) => return failed,
         };
+        self.enqueue(job);
+        task
+    }
+
+    /// Queues a prepared job (waiting for room on a bounded queue).
+    fn enqueue(&self, job: Job) {
         match self.handle.jobs.try_send(job) {
             Ok(()) => self.queued(),
             Err(async_channel::TrySendError::Full(job)) => {
@@ -223,7 +230,6 @@ impl ProcessPool {
             }
             Err(async_channel::TrySendError::Closed(job)) => job.slot.fail(TaskError::PoolClosed),
         }
-        task
     }
 
     /// Serialises a call and makes its task; an early failure comes back as a
@@ -408,6 +414,20 @@ impl ProcessPool {
     /// For plain threads (no async runtime needed). Do not call it on an async
     /// runtime's thread: it would block that thread; `.await` the task there.
     ///
+    /// When a worker is idle and no task waits in the queue, the calling
+    /// thread borrows that worker and exchanges the job and its result with
+    /// it directly, without the pool's supervisor thread in between: a round
+    /// trip then costs about as much as a bare pipe ping-pong between two
+    /// processes. Otherwise the call is queued like [`spawn`](Self::spawn).
+    /// Either way the outcome is the same: a crash fails only this call with
+    /// [`TaskError::WorkerDied`] (and the worker is replaced), limits such as
+    /// [`max_tasks_per_worker`](ProcessPoolBuilder::max_tasks_per_worker)
+    /// hold, and [`terminate`](Self::terminate) ends the call with
+    /// [`TaskError::PoolClosed`]. (Arguments over 16 KiB always take the
+    /// queue, as do all calls on a pool with
+    /// [`max_memory_per_worker`](ProcessPoolBuilder::max_memory_per_worker),
+    /// whose check needs the supervisor after every task.)
+    ///
     /// ```
     /// fn square(x: u64) -> u64 { x * x }
     /// let pool = procpool::ProcessPool::new(1)?;
@@ -423,7 +443,22 @@ impl ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        futures::executor::block_on(self.spawn(f, args))
+        let task = match self.prepare(f, &args) {
+            // An idle worker is borrowed and spoken to from this thread (the
+            // direct lane): half the thread switches of the queue's path.
+            Ok((job, task)) if self.handle.jobs.is_closed() => {
+                job.slot.fail(TaskError::PoolClosed);
+                task
+            }
+            Ok((job, task)) => {
+                if let Err(job) = lane::run(&self.handle.ctx, job) {
+                    self.enqueue(job);
+                }
+                task
+            }
+            Err(failed) => failed,
+        };
+        futures::executor::block_on(task)
     }
 
     /// Maps `f` over `inputs` in the workers; results come in input order
@@ -1016,6 +1051,7 @@ impl ProcessPoolBuilder {
             },
             launcher: Box::new(LocalLauncher),
             queue: jobs_rx,
+            requeue: jobs_tx.clone(),
             stop: stop_rx,
             _stop_sender: stop_tx.clone(),
             cancels: (0..workers).map(|_| tokio::sync::Notify::new()).collect(),
@@ -1025,6 +1061,7 @@ impl ProcessPoolBuilder {
             demand: tokio::sync::Notify::new(),
             counters: Counters::default(),
             typical_run_nanos: AtomicU64::new(0),
+            lanes: (0..workers).map(|_| Default::default()).collect(),
         });
         let runtime = supervisor_runtime()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

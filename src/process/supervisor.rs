@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use super::init::InitJob;
 use super::job::Job;
+use super::lane::{Failure, Lane};
 use super::launcher::{ExitInfo, LaunchSpec, Launcher, WorkerProcess};
 use super::outbox::Outbox;
 use crate::stats::Counters;
@@ -48,6 +49,10 @@ pub(crate) struct PoolCtx {
     pub(crate) config: SlotConfig,
     pub(crate) launcher: Box<dyn Launcher>,
     pub(crate) queue: async_channel::Receiver<Job>,
+    /// The queue's sending side, for a job a lent-out worker's supervisor
+    /// passes on to another worker. (Closing the pool closes the channel
+    /// explicitly, so holding a sender here does not keep it open.)
+    pub(crate) requeue: async_channel::Sender<Job>,
     /// Closed by `terminate`: every supervisor kills its worker at once.
     pub(crate) stop: async_channel::Receiver<()>,
     /// Keeps `stop` open until it is closed on purpose (a channel also closes
@@ -66,6 +71,9 @@ pub(crate) struct PoolCtx {
     pub(crate) counters: Counters,
     /// Moving average of task run time, in nanoseconds (0 = none yet).
     pub(crate) typical_run_nanos: AtomicU64,
+    /// Per slot: the direct lane through which `apply_blocking` borrows an
+    /// idle worker.
+    pub(crate) lanes: Vec<Lane>,
 }
 
 impl CancelHook for PoolCtx {
@@ -76,7 +84,7 @@ impl CancelHook for PoolCtx {
 
 /// How long part of a frame may sit unfinished before the worker's stream is
 /// judged out of step.
-const STALLED_FRAME: Duration = Duration::from_secs(10);
+pub(crate) const STALLED_FRAME: Duration = Duration::from_secs(10);
 
 /// Work a worker may be sent ahead of the job it runs, in expected run time:
 /// enough to hide a round trip, too little to strand tasks behind a long one.
@@ -94,6 +102,21 @@ impl PoolCtx {
         match self.typical_run_nanos.load(Ordering::Relaxed) {
             0 => 1, // nothing measured yet: be careful
             t => ((AHEAD_NANOS / t) as usize).clamp(1, max),
+        }
+    }
+
+    /// Counts a job that finished after running `nanos` in its worker.
+    pub(crate) fn finished(&self, job: &Job, status: Status, nanos: u64) {
+        // Count first, so a caller woken by the result sees it in the
+        // statistics.
+        self.observe_run(nanos);
+        let run = Duration::from_nanos(nanos);
+        let waited = super::job::now_nanos().saturating_sub(job.queued_at);
+        let wait = Duration::from_nanos(waited).saturating_sub(run);
+        if job.slot.is_cancelled() {
+            Counters::bump(&self.counters.cancelled);
+        } else {
+            self.counters.finished(status == Status::Ok, wait, run);
         }
     }
 
@@ -229,6 +252,22 @@ enum Ended {
     Idle,
 }
 
+/// Why a worker stopped being lent out.
+enum Lent {
+    /// The pool is terminating.
+    Stop,
+    /// A borrower gave the worker back for the supervisor to look at.
+    GivenBack,
+    /// The result pipe has something (or closed).
+    Readable,
+    /// A job came from the queue.
+    Job(Job),
+    /// The queue closed.
+    QueueClosed,
+    /// The worker was idle for the pool's idle timeout.
+    IdleTimeout,
+}
+
 /// Why the serve loop stopped.
 enum Stop {
     Drained,
@@ -261,6 +300,8 @@ struct Worker {
     pid: u32,
     tx: pipe::Sender,
     rx: pipe::Receiver,
+    /// The reply pipe of direct jobs (blocking; read by lane borrowers).
+    replies: Option<std::os::fd::OwnedFd>,
     inbuf: Vec<u8>,
     /// Releases `inbuf`'s memory once large results stop coming.
     keeper: crate::buffer::Keeper,
@@ -279,6 +320,7 @@ impl Worker {
         };
         let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
         let process = launched.process;
+        let replies = launched.replies;
         let pid = process.pid();
         let pipes = pipe::Sender::from_owned_fd(launched.to_worker)
             .and_then(|tx| pipe::Receiver::from_owned_fd(launched.from_worker).map(|rx| (tx, rx)));
@@ -294,6 +336,7 @@ impl Worker {
             pid,
             tx,
             rx,
+            replies,
             inbuf: Vec::with_capacity(64 * 1024),
             keeper: Default::default(),
             next_seq: 1,
@@ -417,11 +460,20 @@ impl Worker {
         let mut retiring: Option<Retire> = None;
         let mut was_idle = false;
         let mut next_seq = self.next_seq;
+        // A job taken from the queue while the worker was lent out.
+        let mut pending: Option<Job> = None;
+        // Lend the worker out whenever it is idle, except right after the
+        // result pipe woke the lend: the loop below must read it first.
+        let lendable = self.replies.is_some() && cfg.max_memory.is_none();
+        let mut skip_lend = false;
 
-        let mut send = |mut job: Job, out: &mut Outbox, inflight: &mut VecDeque<InFlight>| {
-            let seq = next_seq;
-            next_seq += 1;
-            wire::set_job_seq(job.frame.bytes_mut(), seq);
+        let send = |mut job: Job,
+                    out: &mut Outbox,
+                    inflight: &mut VecDeque<InFlight>,
+                    next_seq: &mut u64| {
+            let seq = *next_seq;
+            *next_seq += 1;
+            wire::set_job_seq(job.frame.bytes_mut(), seq, false);
             out.push_frame(&job.frame);
             Counters::bump(&ctx.counters.running);
             inflight.push_back(InFlight {
@@ -432,7 +484,7 @@ impl Worker {
         };
         for job in carried.drain(..) {
             if !job.slot.is_cancelled() {
-                send(job, &mut out, &mut inflight);
+                send(job, &mut out, &mut inflight, &mut next_seq);
                 sent += 1;
             }
         }
@@ -448,16 +500,77 @@ impl Worker {
                 }
                 was_idle = idle;
             }
-            if idle && !writing {
+            if retiring.is_none() && cfg.max_tasks.is_some_and(|m| sent >= m) {
+                retiring = Some(Retire::MaxTasks);
+            }
+            if idle && !writing && pending.is_none() {
                 if !queue_open {
                     break Stop::Drained;
                 }
                 if let Some(why) = retiring {
                     break Stop::Retire(why);
                 }
-            }
-            if retiring.is_none() && cfg.max_tasks.is_some_and(|m| sent >= m) {
-                retiring = Some(Retire::MaxTasks);
+                if lendable && !std::mem::take(&mut skip_lend) {
+                    let budget = cfg.max_tasks.map_or(u64::MAX, |m| m - sent);
+                    let (lent, settled) = self.lend(ctx, idx, next_seq, budget).await;
+                    next_seq = settled.next_seq;
+                    sent += settled.done;
+                    // Before anything can end this worker's service: the job
+                    // must reach a worker whatever happens to this one.
+                    let lent = match lent {
+                        Lent::Job(job) => {
+                            pending = Some(job);
+                            Lent::GivenBack
+                        }
+                        other => other,
+                    };
+                    if let Some(back) = settled.handback {
+                        // Settled below like any job in flight (the borrower
+                        // counted it as running).
+                        inflight.push_back(InFlight {
+                            seq: back.seq,
+                            job: back.job,
+                            cancel_sent: false,
+                        });
+                        if !matches!(lent, Lent::Stop) {
+                            break match back.failure {
+                                Failure::Died => Stop::Died,
+                                Failure::Protocol(message) => Stop::Protocol(message),
+                            };
+                        }
+                    }
+                    match lent {
+                        Lent::Stop => break Stop::Terminated,
+                        Lent::QueueClosed => queue_open = false,
+                        // Readiness can be stale (tokio keeps it until a
+                        // read would block): look before giving up the lane.
+                        Lent::Readable => match self.try_read() {
+                            Ok(0) => break Stop::Died,
+                            Ok(_) => {
+                                if let Err(e) = self.take_results(ctx, &mut inflight) {
+                                    break Stop::Protocol(e);
+                                }
+                                skip_lend = true; // part of a frame: the loop waits for the rest
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(_) => break Stop::Died,
+                        },
+                        Lent::IdleTimeout => {
+                            let min = cfg.min_workers;
+                            if ctx
+                                .live
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                    (n > min).then(|| n - 1)
+                                })
+                                .is_ok()
+                            {
+                                retiring = Some(Retire::Idle);
+                            }
+                        }
+                        Lent::GivenBack | Lent::Job(_) => {}
+                    }
+                    continue;
+                }
             }
             // Send ahead only while the backlog is deep (at least two waiting
             // tasks per worker), so pipelining never leaves another worker idle
@@ -468,7 +581,8 @@ impl Worker {
                     && (inflight.is_empty()
                         || (inflight.len() < depth && ctx.queue.len() >= 2 * cfg.workers))
             };
-            let take = queue_open && retiring.is_none() && room(&inflight, sent);
+            let take =
+                (queue_open || pending.is_some()) && retiring.is_none() && room(&inflight, sent);
             let idle_timer = cfg.idle_timeout.filter(|_| idle && ctx.elastic());
             // Part of a frame with nothing more arriving: a healthy worker
             // writes a frame in one go, so its stream is out of step.
@@ -523,12 +637,12 @@ impl Worker {
                     Ok(n) => out.advance(n),
                     Err(_) => break Stop::Died,
                 },
-                job = ctx.queue.recv(), if take => match job {
+                job = next_job(&mut pending, &ctx.queue), if take => match job {
                     Ok(job) => {
                         let mut next = Some(job);
                         while let Some(job) = next.take() {
                             if job.slot.try_start(idx) {
-                                send(job, &mut out, &mut inflight);
+                                send(job, &mut out, &mut inflight, &mut next_seq);
                                 sent += 1;
                             } else {
                                 Counters::bump(&ctx.counters.cancelled);
@@ -557,6 +671,15 @@ impl Worker {
         };
         if was_idle {
             ctx.idle.fetch_sub(1, Ordering::AcqRel);
+        }
+        // Taken while the worker was lent, then the worker went away before
+        // it could be sent: the slot's next worker runs it.
+        if let Some(job) = pending.take() {
+            if job.slot.try_start(idx) {
+                carried.push_back(job);
+            } else {
+                Counters::bump(&ctx.counters.cancelled);
+            }
         }
         ctx.counters
             .running
@@ -660,12 +783,95 @@ impl Worker {
         }
     }
 
+    /// Lends this idle worker to `apply_blocking` callers (see
+    /// [`lane`](super::lane)) until something needs the supervisor: a queued
+    /// job, the queue closing, the pool stopping, the result pipe stirring (an
+    /// idle worker's death), the idle timeout, or a borrower giving the
+    /// worker back. The lane is closed again, with no borrower, on return.
+    async fn lend(
+        &mut self,
+        ctx: &PoolCtx,
+        idx: usize,
+        next_seq: u64,
+        budget: u64,
+    ) -> (Lent, super::lane::Settled) {
+        use std::os::fd::AsRawFd;
+        let lane = &ctx.lanes[idx];
+        let replies = self.replies.as_ref().expect("lending needs a reply pipe");
+        lane.open(
+            self.tx.as_raw_fd(),
+            replies.as_raw_fd(),
+            self.pid,
+            next_seq,
+            budget,
+        );
+        let idle_timer = ctx.config.idle_timeout.filter(|_| ctx.elastic());
+        let mut listen = true;
+        let lent = loop {
+            let uses = lane.uses();
+            tokio::select! {
+                biased;
+                _ = ctx.stop.recv() => break Lent::Stop,
+                _ = lane.borrower_done() => {
+                    if lane.is_closed() {
+                        break Lent::GivenBack;
+                    }
+                    listen = true; // a watched borrow ended
+                }
+                _ = self.rx.readable() => break Lent::Readable,
+                job = ctx.queue.recv(), if listen => match job {
+                    Err(_) => break Lent::QueueClosed,
+                    Ok(job) if lane.try_close() => break Lent::Job(job),
+                    // Lent out, maybe for long: let a free worker have the
+                    // job instead of holding it here, and stop taking jobs
+                    // until the borrow ends (the borrower hands the worker
+                    // back if any are still waiting then).
+                    Ok(job) => match ctx.requeue.try_send(job) {
+                        Ok(()) => listen = !lane.watch(),
+                        Err(e) => break Lent::Job(e.into_inner()),
+                    },
+                },
+                _ = sleep_or_never(idle_timer) => {
+                    // Idle means unused for the whole timeout, lent or not.
+                    if lane.uses() == uses && !lane.is_lent() {
+                        break Lent::IdleTimeout;
+                    }
+                }
+            }
+        };
+        if matches!(lent, Lent::Stop) && !lane.reclaim() {
+            // Terminating: end the borrower's wait by ending the worker.
+            if let Some(process) = self.process.as_mut() {
+                process.kill();
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = lane.given_back() => {}
+            // A borrower's task may run long: terminating must not wait.
+            _ = ctx.stop.recv(), if !matches!(lent, Lent::Stop) => {
+                if let Some(process) = self.process.as_mut() {
+                    process.kill();
+                }
+                lane.given_back().await;
+                return (Lent::Stop, lane.settle());
+            }
+        }
+        (lent, lane.settle())
+    }
+
     /// Kills and reaps the worker process (once).
     async fn reap(&mut self) -> Option<ExitInfo> {
         match self.process.take() {
             Some(process) => reap_process(process).await,
             None => None,
         }
+    }
+
+    /// Reads what the result pipe holds, without waiting.
+    fn try_read(&mut self) -> io::Result<usize> {
+        self.inbuf.reserve(64 * 1024);
+        self.rx.try_read_buf(&mut self.inbuf)
     }
 
     /// Reads whatever the worker has already written, without waiting, and
@@ -732,17 +938,7 @@ impl Worker {
             match inflight.pop_front() {
                 Some(entry) => {
                     counters.running.fetch_sub(1, Ordering::Relaxed);
-                    // Count first, so a caller woken by the result sees it in
-                    // the statistics.
-                    ctx.observe_run(nanos);
-                    let run = Duration::from_nanos(nanos);
-                    let waited = super::job::now_nanos().saturating_sub(entry.job.queued_at);
-                    let wait = Duration::from_nanos(waited).saturating_sub(run);
-                    if entry.job.slot.is_cancelled() {
-                        Counters::bump(&counters.cancelled);
-                    } else {
-                        counters.finished(status == Status::Ok, wait, run);
-                    }
+                    ctx.finished(&entry.job, status, nanos);
                     entry.job.slot.deliver(status, payload, self.pid);
                 }
                 None => unreachable!("checked above"),
@@ -791,6 +987,17 @@ fn pop_skipped(
         Counters::bump(&ctx.counters.cancelled);
     }
     Ok(())
+}
+
+/// The job held back while the worker was lent, else the next queued one.
+async fn next_job(
+    pending: &mut Option<Job>,
+    queue: &async_channel::Receiver<Job>,
+) -> Result<Job, async_channel::RecvError> {
+    match pending.take() {
+        Some(job) => Ok(job),
+        None => queue.recv().await,
+    }
 }
 
 /// Sleeps for `d`, or forever when there is no timer.

@@ -2,7 +2,7 @@
 //! link-time constructor before `main` can run.
 //!
 //! The parent starts a worker with [`ENV_VAR`] set to a [`Spec`]: the descriptor
-//! numbers of its three pipes, the parent's build identity and the frame limit.
+//! numbers of its pipes, the parent's build identity and the frame limit.
 //! The constructor removes the variable (so the task's own child processes do
 //! not become workers), serves jobs until the parent closes the job pipe, and
 //! exits. `main` never runs in a worker.
@@ -17,8 +17,9 @@ pub(crate) const ENV_VAR: &str = "PROCPOOL_WORKER";
 
 static IS_WORKER: AtomicBool = AtomicBool::new(false);
 
-/// The result pipe's descriptor inside a worker (-1 elsewhere); only the
-/// protocol-fault test hook uses it.
+/// Inside a worker, the descriptor the running job's result goes to (the
+/// result pipe, or the reply pipe during a direct job); -1 elsewhere. Only the
+/// protocol-fault test hooks use it.
 pub(crate) static OUTPUT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// Test hook: from inside a task, writes bytes that are not a valid frame to
@@ -69,6 +70,8 @@ pub(crate) struct Spec {
     pub(crate) input: RawFd,
     /// Results go here (write end).
     pub(crate) output: RawFd,
+    /// Results of direct jobs go here (write end); -1 when there is none.
+    pub(crate) reply: RawFd,
     /// Read end of the lifeline: end of file means the parent is gone.
     pub(crate) lifeline: RawFd,
     /// The parent's build identity.
@@ -80,19 +83,20 @@ pub(crate) struct Spec {
 impl Spec {
     pub(crate) fn to_env(&self) -> String {
         format!(
-            "v1:{}:{}:{}:{:x}:{}",
-            self.input, self.output, self.lifeline, self.identity, self.max_frame
+            "v2:{}:{}:{}:{}:{:x}:{}",
+            self.input, self.output, self.reply, self.lifeline, self.identity, self.max_frame
         )
     }
 
     pub(crate) fn parse(s: &str) -> Option<Spec> {
         let mut parts = s.split(':');
-        if parts.next()? != "v1" {
+        if parts.next()? != "v2" {
             return None;
         }
         let spec = Spec {
             input: parts.next()?.parse().ok()?,
             output: parts.next()?.parse().ok()?,
+            reply: parts.next()?.parse().ok()?,
             lifeline: parts.next()?.parse().ok()?,
             identity: u64::from_str_radix(parts.next()?, 16).ok()?,
             max_frame: parts.next()?.parse().ok()?,
@@ -137,6 +141,7 @@ mod tests {
         let spec = Spec {
             input: 5,
             output: 7,
+            reply: 8,
             lifeline: 9,
             identity: 0xdead_beef,
             max_frame: 1 << 30,
@@ -144,10 +149,11 @@ mod tests {
         assert_eq!(Spec::parse(&spec.to_env()), Some(spec));
         for bad in [
             "",
+            "v1:1:2:3:4:5",
             "v2:1:2:3:4:5",
-            "v1:1:2:3:zz:5",
-            "v1:1:2:3:4:5:6",
-            "v1:1:2",
+            "v2:1:2:-1:3:zz:5",
+            "v2:1:2:-1:3:4:5:6",
+            "v2:1:2",
         ] {
             assert_eq!(Spec::parse(bad), None, "{bad}");
         }

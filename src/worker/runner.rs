@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 
 use rustix::event::{poll, PollFd, PollFlags};
 
@@ -24,17 +25,21 @@ use super::Spec;
 pub(super) fn serve(spec: Spec) -> i32 {
     // SAFETY: the parent passed these descriptors to this process for our use
     // alone (their close-on-exec flag was cleared only for this child).
-    let (input, output, lifeline) = unsafe {
+    let (input, output, reply, lifeline) = unsafe {
         (
             OwnedFd::from_raw_fd(spec.input),
             File::from_raw_fd(spec.output),
+            (spec.reply >= 0).then(|| File::from_raw_fd(spec.reply)),
             OwnedFd::from_raw_fd(spec.lifeline),
         )
     };
     // The descriptors were inherited across exec; processes this worker's
     // tasks start must not inherit them in turn (a grandchild holding the
     // result pipe would hide this worker's death from the parent).
-    for fd in [spec.input, spec.output, spec.lifeline] {
+    for fd in [spec.input, spec.output, spec.reply, spec.lifeline] {
+        if fd < 0 {
+            continue;
+        }
         // SAFETY: owned by the values above, which outlive this loop.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
@@ -46,6 +51,7 @@ pub(super) fn serve(spec: Spec) -> i32 {
     let mut runner = Runner {
         input,
         output,
+        reply,
         inbuf: Vec::with_capacity(64 * 1024),
         parsed: 0,
         jobs: VecDeque::new(),
@@ -116,6 +122,8 @@ fn watch_lifeline(lifeline: OwnedFd) {
 /// A job received but not started: its argument bytes stay in `inbuf`.
 struct JobRef {
     seq: u64,
+    /// Answer on the reply stream (a direct-lane job).
+    direct: bool,
     func: u64,
     trampoline: u64,
     frame_start: usize,
@@ -125,6 +133,8 @@ struct JobRef {
 struct Runner {
     input: OwnedFd,
     output: File,
+    /// Where direct jobs' results go, if the launcher gave this worker one.
+    reply: Option<File>,
     /// Bytes read from the parent; `..parsed` holds whole frames.
     inbuf: Vec<u8>,
     parsed: usize,
@@ -165,6 +175,15 @@ impl Runner {
             self.out.reserve(job.args.len());
             wire::begin_result(&mut self.out, job.seq, Status::Ok);
             let args = &self.inbuf[job.args.clone()];
+            // A direct job's caller reads only the reply stream: what the task
+            // sends "to the parent" (the protocol-fault test hooks) goes there.
+            let direct = match &self.reply {
+                Some(reply) if job.direct => {
+                    super::OUTPUT_FD.store(reply.as_raw_fd(), Ordering::Relaxed);
+                    true
+                }
+                _ => false,
+            };
             let started = std::time::Instant::now();
             // SAFETY: the handshake established that parent and worker run the
             // same build, and the parent produced both offsets with
@@ -186,8 +205,13 @@ impl Runner {
             // `DRAIN_INTERVAL` (a read that finds nothing costs more than a
             // small job). A CANCEL left unread for that long at worst makes
             // the worker start a cancelled job, which the frame below names,
-            // so the parent kills it: still exact, only dearer.
-            let open = if self.jobs.is_empty()
+            // so the parent kills it: still exact, only dearer. A direct job
+            // needs no drain: its caller holds the worker alone, so nothing
+            // else can have arrived.
+            let open = if direct {
+                super::OUTPUT_FD.store(self.output.as_raw_fd(), Ordering::Relaxed);
+                true
+            } else if self.jobs.is_empty()
                 || ended.duration_since(self.last_drain) >= DRAIN_INTERVAL
             {
                 self.last_drain = ended;
@@ -197,7 +221,10 @@ impl Runner {
             };
             let next = self.jobs.front().map_or(0, |j| j.seq);
             wire::finish_result(&mut self.out, next, self.seen, nanos);
-            self.output.write_all(&self.out)?;
+            match &mut self.reply {
+                Some(reply) if direct => reply.write_all(&self.out)?,
+                _ => self.output.write_all(&self.out)?,
+            }
             let used = self.out.len();
             self.out_keeper.after_use(&mut self.out, used);
             if !open && self.jobs.is_empty() {
@@ -260,11 +287,13 @@ impl Runner {
                     func,
                     trampoline,
                     args,
+                    direct,
                 } => {
                     let args_start = body.end - args.len();
                     self.seen = self.seen.max(seq);
                     self.jobs.push_back(JobRef {
                         seq,
+                        direct,
                         func,
                         trampoline,
                         frame_start,
@@ -304,6 +333,7 @@ mod tests {
         Runner {
             input: null(),
             output: File::open("/dev/null").unwrap(),
+            reply: None,
             inbuf: Vec::new(),
             parsed: 0,
             jobs: VecDeque::new(),

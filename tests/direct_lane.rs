@@ -1,0 +1,251 @@
+//! The direct lane: `apply_blocking` borrows an idle worker and talks to it
+//! from the calling thread. These tests cover the hand-offs between a
+//! borrower and the worker's supervisor: queued work arriving while the worker
+//! is lent, terminate and shutdown during a borrow, recycling limits and idle
+//! timeouts that must still hold when the supervisor sees none of the calls.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{is_reaped, temp_dir, wait_until};
+use procpool::{ProcessPool, TaskError};
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Creates `path`, then sleeps `ms` (or forever for `u64::MAX`).
+fn mark_then_sleep((path, ms): (PathBuf, u64)) -> u64 {
+    std::fs::write(&path, b"started").unwrap();
+    if ms == u64::MAX {
+        loop {
+            std::thread::park();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Creates `path`, waits `ms`, then aborts the worker.
+fn mark_then_abort((path, ms): (PathBuf, u64)) -> u64 {
+    std::fs::write(&path, b"started").unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::abort()
+}
+
+/// Starts a blocking call of `mark_then_sleep` on a plain thread and returns
+/// once the worker has started it.
+fn borrow_in_background(
+    pool: &ProcessPool,
+    dir: &std::path::Path,
+    ms: u64,
+) -> std::thread::JoinHandle<Result<u64, TaskError>> {
+    borrow_with(pool, dir, mark_then_sleep, ms)
+}
+
+fn borrow_with(
+    pool: &ProcessPool,
+    dir: &std::path::Path,
+    f: fn((PathBuf, u64)) -> u64,
+    ms: u64,
+) -> std::thread::JoinHandle<Result<u64, TaskError>> {
+    let marker = dir.join("started");
+    let _ = std::fs::remove_file(&marker);
+    let caller = {
+        let pool = pool.clone();
+        let marker = marker.clone();
+        std::thread::spawn(move || pool.apply_blocking(f, (marker, ms)))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || marker.exists()),
+        "the blocking call never started"
+    );
+    caller
+}
+
+#[test]
+fn blocking_calls_are_answered_and_counted() {
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.worker_pids()[0];
+    for i in 0..200u64 {
+        assert_eq!(pool.apply_blocking(square, i), Ok(i * i));
+    }
+    assert_eq!(
+        pool.apply_blocking(pid, ()),
+        Ok(worker),
+        "no worker was replaced"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.completed, 201);
+    assert_eq!(stats.failed, 0);
+    assert_eq!(stats.running, 0);
+    assert_eq!(stats.run_time.count, 201);
+}
+
+#[test]
+fn a_task_queued_while_the_worker_is_lent_runs_when_it_comes_back() {
+    let dir = temp_dir("lane-queued");
+    let pool = ProcessPool::new(1).unwrap();
+    let caller = borrow_in_background(&pool, &dir, 300);
+    // Both of these find the only worker lent: they take the queue.
+    let queued = pool.spawn(square, 7);
+    let other_thread = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.apply_blocking(square, 8))
+    };
+    assert_eq!(caller.join().unwrap(), Ok(300));
+    assert_eq!(futures::executor::block_on(queued), Ok(49));
+    assert_eq!(other_thread.join().unwrap(), Ok(64));
+    assert_eq!(pool.stats().completed, 3);
+}
+
+#[test]
+fn a_task_queued_while_the_lent_worker_crashes_still_runs() {
+    for queue in [None, Some(1)] {
+        let dir = temp_dir("lane-crash");
+        let mut builder = ProcessPool::builder().workers(1);
+        if let Some(n) = queue {
+            builder = builder.max_queue(n);
+        }
+        let pool = builder.build().unwrap();
+        let crashed = pool.worker_pids()[0];
+        let caller = borrow_with(&pool, &dir, mark_then_abort, 200);
+        let queued = pool.spawn(square, 7);
+        match caller.join().unwrap() {
+            Err(TaskError::WorkerDied { pid, signal, .. }) => {
+                assert_eq!(pid, crashed);
+                assert_eq!(signal, Some(libc::SIGABRT));
+            }
+            other => panic!("expected the borrower's worker to die: {other:?}"),
+        }
+        assert_eq!(
+            futures::executor::block_on(queued),
+            Ok(49),
+            "the queued task was lost with the crashed worker (queue {queue:?})"
+        );
+        assert_eq!(pool.stats().restarts.crashed, 1);
+    }
+}
+
+#[test]
+fn terminate_ends_a_blocking_call_on_a_lent_worker() {
+    let dir = temp_dir("lane-terminate");
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.worker_pids()[0];
+    let caller = borrow_in_background(&pool, &dir, u64::MAX);
+    let started = Instant::now();
+    pool.terminate();
+    assert_eq!(caller.join().unwrap(), Err(TaskError::PoolClosed));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(10), || is_reaped(worker)));
+    assert_eq!(pool.apply_blocking(square, 2), Err(TaskError::PoolClosed));
+}
+
+#[test]
+fn shutdown_waits_for_a_lent_worker_to_finish() {
+    let dir = temp_dir("lane-shutdown");
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.worker_pids()[0];
+    let caller = borrow_in_background(&pool, &dir, 300);
+    futures::executor::block_on(pool.shutdown());
+    assert_eq!(caller.join().unwrap(), Ok(300));
+    assert!(wait_until(Duration::from_secs(10), || is_reaped(worker)));
+    assert_eq!(pool.apply_blocking(square, 2), Err(TaskError::PoolClosed));
+}
+
+#[test]
+fn max_tasks_per_worker_holds_for_blocking_calls() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .max_tasks_per_worker(3)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..12)
+        .map(|_| pool.apply_blocking(pid, ()).unwrap())
+        .collect();
+    for three in pids.chunks(3) {
+        assert!(
+            three.iter().all(|&p| p == three[0]),
+            "a worker ran fewer than 3 tasks: {pids:?}"
+        );
+    }
+    let distinct: HashSet<_> = pids.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "a worker ran more than 3 tasks: {pids:?}"
+    );
+    assert!(pool.stats().restarts.max_tasks >= 3);
+}
+
+#[test]
+fn a_worker_in_use_through_the_lane_is_not_retired_as_idle() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .min_workers(0)
+        .idle_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // The first call starts the worker through the queue; the rest borrow it.
+    let first = pool.apply_blocking(pid, ()).unwrap();
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        assert_eq!(
+            pool.apply_blocking(pid, ()),
+            Ok(first),
+            "retired while in use"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || pool.worker_pids().is_empty()),
+        "the idle worker did not retire"
+    );
+    assert!(wait_until(Duration::from_secs(5), || is_reaped(first)));
+    assert_eq!(pool.stats().restarts.idle, 1);
+    assert_ne!(pool.apply_blocking(pid, ()).unwrap(), first);
+}
+
+#[test]
+fn many_threads_share_few_workers() {
+    let pool = ProcessPool::new(2).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                (0..200u64)
+                    .map(|i| pool.apply_blocking(square, t * 1000 + i).unwrap())
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    // Async callers at the same time take the queue between borrows.
+    let from_async: u64 = runtime.block_on(async {
+        let mut sum = 0;
+        for i in 0..200u64 {
+            sum += pool.apply(square, i).await.unwrap();
+        }
+        sum
+    });
+    assert_eq!(from_async, (0..200u64).map(|i| i * i).sum::<u64>());
+    for (t, thread) in threads.into_iter().enumerate() {
+        let t = t as u64;
+        let expected: u64 = (0..200u64).map(|i| (t * 1000 + i).pow(2)).sum();
+        assert_eq!(thread.join().unwrap(), expected);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.completed, 8 * 200 + 200);
+    assert_eq!(stats.running, 0);
+    assert_eq!(stats.restarts.crashed + stats.restarts.protocol, 0);
+}
