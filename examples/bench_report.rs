@@ -1,7 +1,7 @@
 //! Prints one markdown table comparing procpool with its peers, all measured
 //! in this run on this machine, and a second one ("Map workloads") comparing
-//! procpool's `map` with rayon, serial Rust and Python's `Pool.map`, followed
-//! by whether the map issue's targets were met.
+//! procpool's `map` with rayon, serial Rust and Python's `Pool.map`; after
+//! each, whether the speed issue's and the map issue's targets were met.
 //!
 //! ```text
 //! cargo run --release --example bench_report            # about four minutes
@@ -193,7 +193,10 @@ fn fmt_time(secs: f64) -> String {
 /// Figures measured for the apply round trip (seconds per call).
 struct RoundTrip {
     raw_pipe: f64,
+    /// `apply_blocking` from a plain thread (the direct lane).
     process: f64,
+    /// `apply(..).await` on a current-thread runtime (through the supervisor).
+    process_async: f64,
     thread: f64,
     spawn_blocking: f64,
     rayon: f64,
@@ -244,6 +247,16 @@ fn round_trip(cfg: &Config, pinned: bool) -> Option<RoundTrip> {
             |pool| pool.terminate(),
         ),
         fresh(
+            || {
+                let pool = procpool::ProcessPool::new(1).expect("process pool");
+                (pool, tokio_runtime(1))
+            },
+            |(pool, rt)| {
+                black_box(rt.block_on(pool.apply(square, black_box(3))).expect("task"));
+            },
+            |(pool, _)| pool.terminate(),
+        ),
+        fresh(
             || procpool::ThreadPool::new(1).expect("thread pool"),
             |pool| {
                 black_box(pool.apply_blocking(square, black_box(3)).expect("task"));
@@ -280,10 +293,11 @@ fn round_trip(cfg: &Config, pinned: bool) -> Option<RoundTrip> {
     Some(RoundTrip {
         raw_pipe: t[0],
         process: t[1],
-        thread: t[2],
-        spawn_blocking: t[3],
-        rayon: t[4],
-        procspawn: t[5],
+        process_async: t[2],
+        thread: t[3],
+        spawn_blocking: t[4],
+        rayon: t[5],
+        procspawn: t[6],
     })
 }
 
@@ -804,6 +818,8 @@ impl Rows<'_> {
     fn add_round_trip(&mut self, w: &str, rt: &RoundTrip, prefix: &str) {
         let (pp, tp) = (("ProcessPool", rt.process), ("ThreadPool", rt.thread));
         self.add(w, pp, ("raw pipe (`cat`)", rt.raw_pipe));
+        let pp_async = ("ProcessPool, async `apply`", rt.process_async);
+        self.add(w, pp_async, ("raw pipe (`cat`)", rt.raw_pipe));
         self.add(w, pp, ("procspawn Pool", rt.procspawn));
         self.add(w, pp, tp);
         self.add(w, tp, ("tokio spawn_blocking", rt.spawn_blocking));
@@ -1199,11 +1215,82 @@ fn print_maps(m: &Maps, py: Option<&Python>) {
     } else {
         println!("\nNo Python figures: see the header.");
     }
-    println!("\nTargets of the map issue, in this run:\n");
-    for t in &targets {
+    print_targets("the map issue", &targets);
+}
+
+fn print_targets(issue: &str, targets: &[Target]) {
+    println!("\nTargets of {issue}, in this run:\n");
+    for t in targets {
         let verdict = if t.met { "met" } else { "**missed**" };
         println!("- {}: {} — {verdict}", t.what, t.value);
     }
+}
+
+/// The speed issue's targets, from the comparison table's figures.
+fn print_speed_targets(m: &Measured) {
+    let mut targets = Vec::new();
+    let mut at_most = |what: &str, ours: f64, peer: f64, limit: f64| {
+        let ratio = ours / peer;
+        targets.push(Target {
+            what: format!("{what} (≤ {limit}×)"),
+            value: format!("{} against {}, {ratio:.2}×", fmt_time(ours), fmt_time(peer)),
+            met: ratio <= limit,
+        });
+    };
+    let runs =
+        std::iter::once(("", &m.round_trip)).chain(m.pinned.as_ref().map(|rt| (", one CPU", rt)));
+    for (tag, rt) in runs {
+        at_most(
+            &format!("ProcessPool apply round trip{tag} vs the raw pipe ping-pong"),
+            rt.process,
+            rt.raw_pipe,
+            1.5,
+        );
+        at_most(
+            &format!("ThreadPool apply round trip{tag} vs tokio spawn_blocking"),
+            rt.thread,
+            rt.spawn_blocking,
+            1.0,
+        );
+    }
+    let s = &m.small;
+    at_most(
+        "ProcessPool, 10,000 small tasks, per task vs spawn_blocking (2 blocking threads)",
+        s.process,
+        s.spawn_blocking,
+        1.0,
+    );
+    at_most(
+        "ProcessPool, 10,000 small tasks, per task vs spawn_blocking (default runtime)",
+        s.process,
+        s.spawn_blocking_default,
+        1.0,
+    );
+    at_most(
+        "ThreadPool, 10,000 small tasks, per task vs spawn_blocking (2 blocking threads)",
+        s.thread,
+        s.spawn_blocking,
+        0.5,
+    );
+    let (pipe, process, bytes) = m.bulk;
+    targets.push(Target {
+        what: format!(
+            "{} MiB ByteBuf round trip: at least half the raw pipe's throughput (≥ 0.5×)",
+            bytes >> 20
+        ),
+        value: format!("{:.2}×", pipe / process),
+        met: pipe / process >= 0.5,
+    });
+    targets.push(Target {
+        what: "build a 2-worker pool and finish its first task (≤ 20 ms)".into(),
+        value: fmt_time(m.start.0),
+        met: m.start.0 <= 0.020,
+    });
+    print_targets("the speed issue", &targets);
+    println!(
+        "\n(The queued-task memory target is measured by \
+         `cargo run --release --example queued_memory`.)"
+    );
 }
 
 /// What the table's figures are, and a gauge of the Python run's conditions.
@@ -1261,6 +1348,7 @@ fn main() {
     print_header(&cfg, &python, cpu_clock);
     print_table(&comparison_rows(&measured, py));
     print_notes(&measured, py);
+    print_speed_targets(&measured);
     print_maps(&maps, py);
     eprintln!("done in {:.1} s", began.elapsed().as_secs_f64());
 }
