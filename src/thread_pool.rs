@@ -1,7 +1,7 @@
 //! [`ThreadPool`]: run functions on a bounded set of threads in this process.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use futures::Stream;
@@ -54,6 +54,8 @@ struct Handle {
     terminated: Arc<std::sync::atomic::AtomicBool>,
     jobs: async_channel::Sender<Job>,
     queue: async_channel::Receiver<Job>,
+    /// Where idle threads sleep; told about every queued job and the close.
+    idle: Arc<Idle>,
     done: async_channel::Receiver<()>,
     threads: usize,
     counters: Arc<Counters>,
@@ -62,7 +64,97 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         // Queued work still runs; the threads exit when the queue is empty.
+        self.close();
+    }
+}
+
+impl Handle {
+    /// Closes the queue and wakes every idle thread to see it.
+    fn close(&self) {
         self.jobs.close();
+        self.idle.wake_all();
+    }
+}
+
+/// Where idle threads sleep until a job is queued or the queue closes.
+///
+/// They do not sleep in the channel's own `recv_blocking`: that wakes a thread
+/// while holding the event's lock, so when caller and worker share a CPU the
+/// woken worker spins on that lock and sleeps again, two extra context switches
+/// per task. Here a sender checks one atomic and, only when a thread sleeps,
+/// hands it a wake-up and notifies it after releasing the lock.
+struct Idle {
+    /// Sleeping threads not yet handed a wake-up. Changed only under `lock`;
+    /// read without it as the senders' quick "is anyone asleep?".
+    sleepers: AtomicUsize,
+    /// Wake-ups handed out and not yet taken by a sleeping thread.
+    lock: Mutex<usize>,
+    wake: Condvar,
+}
+
+impl Idle {
+    fn new() -> Idle {
+        Idle {
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(0),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// The next job, sleeping while the queue is empty; `None` once the queue
+    /// is closed and empty.
+    fn next_job(&self, queue: &async_channel::Receiver<Job>) -> Option<Job> {
+        loop {
+            match queue.try_recv() {
+                Ok(job) => return Some(job),
+                Err(async_channel::TryRecvError::Closed) => return None,
+                Err(async_channel::TryRecvError::Empty) => {}
+            }
+            let wakeups = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            // Pairs with the fence in `wake_one`: either that sender sees this
+            // sleeper, or this look sees its job.
+            fence(Ordering::SeqCst);
+            let next = queue.try_recv();
+            if !matches!(next, Err(async_channel::TryRecvError::Empty)) {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                return next.ok();
+            }
+            // The waker took this thread off `sleepers` when it handed out
+            // the wake-up.
+            let mut wakeups = self
+                .wake
+                .wait_while(wakeups, |w| *w == 0)
+                .unwrap_or_else(PoisonError::into_inner);
+            *wakeups -= 1;
+        }
+    }
+
+    /// Called after a job was queued: wakes one sleeping thread, if any.
+    fn wake_one(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut wakeups = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.sleepers.load(Ordering::SeqCst) == 0 {
+            return; // another sender woke it
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        *wakeups += 1;
+        drop(wakeups);
+        // After unlocking, so the woken thread need not wait for the lock. A
+        // sleeper counted itself under the lock and keeps it until it waits,
+        // so it is waiting by now and cannot miss this.
+        self.wake.notify_one();
+    }
+
+    /// Called after the queue was closed: wakes every sleeping thread.
+    fn wake_all(&self) {
+        let mut wakeups = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        *wakeups += self.sleepers.swap(0, Ordering::SeqCst);
+        drop(wakeups);
+        self.wake.notify_all();
     }
 }
 
@@ -185,11 +277,12 @@ impl ThreadPool {
     {
         let (job, task) = self.prepare(f);
         match self.handle.jobs.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => self.handle.idle.wake_one(),
             // Backpressure for plain threads: wait for room.
             Err(async_channel::TrySendError::Full(job)) => {
-                if let Err(e) = self.handle.jobs.send_blocking(job) {
-                    (e.into_inner())(false);
+                match self.handle.jobs.send_blocking(job) {
+                    Ok(()) => self.handle.idle.wake_one(),
+                    Err(e) => (e.into_inner())(false),
                 }
             }
             Err(async_channel::TrySendError::Closed(job)) => job(false),
@@ -218,8 +311,9 @@ impl ThreadPool {
         R: Send + 'static,
     {
         let (job, task) = self.prepare(f);
-        if let Err(e) = self.handle.jobs.send(job).await {
-            (e.into_inner())(false);
+        match self.handle.jobs.send(job).await {
+            Ok(()) => self.handle.idle.wake_one(),
+            Err(e) => (e.into_inner())(false),
         }
         task
     }
@@ -269,7 +363,10 @@ impl ThreadPool {
     {
         let (job, task) = self.prepare(move || f(args));
         match self.handle.jobs.try_send(job) {
-            Ok(()) => Ok(task),
+            Ok(()) => {
+                self.handle.idle.wake_one();
+                Ok(task)
+            }
             Err(e) => {
                 task.detach();
                 Err(if e.is_full() {
@@ -476,7 +573,7 @@ impl ThreadPool {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(&self) {
-        self.handle.jobs.close();
+        self.handle.close();
         let _ = self.handle.done.recv().await;
     }
 
@@ -509,7 +606,7 @@ impl ThreadPool {
     /// ```
     pub fn terminate(&self) {
         self.handle.terminated.store(true, Ordering::Release);
-        self.handle.jobs.close();
+        self.handle.close();
         while let Ok(job) = self.handle.queue.try_recv() {
             job(false);
         }
@@ -642,8 +739,10 @@ impl ThreadPoolBuilder {
         };
         let (done_tx, done_rx) = async_channel::bounded::<()>(1);
         let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let idle = Arc::new(Idle::new());
         for i in 0..threads {
             let jobs = jobs_rx.clone();
+            let sleep = idle.clone();
             let stop = terminated.clone();
             let done = done_tx.clone();
             let mut builder = std::thread::Builder::new().name(format!("{}-{i}", self.name));
@@ -653,12 +752,13 @@ impl ThreadPoolBuilder {
             let started = builder.spawn(move || {
                 let _done = done;
                 panic_info::install(false);
-                while let Ok(job) = jobs.recv_blocking() {
+                while let Some(job) = sleep.next_job(&jobs) {
                     job(!stop.load(Ordering::Acquire));
                 }
             });
             if let Err(e) = started {
                 jobs_tx.close();
+                idle.wake_all();
                 return Err(Error::Thread(e));
             }
         }
@@ -667,6 +767,7 @@ impl ThreadPoolBuilder {
                 terminated,
                 jobs: jobs_tx,
                 queue: jobs_rx,
+                idle,
                 done: done_rx,
                 threads,
                 counters: Arc::new(Counters::default()),

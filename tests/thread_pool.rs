@@ -210,3 +210,48 @@ fn generic_code_runs_on_either_pool() {
     assert_eq!(total(&ThreadPool::new(2).unwrap()), 385);
     assert_eq!(total(&procpool::ProcessPool::new(2).unwrap()), 385);
 }
+
+/// Idle pool threads sleep until a job is queued: many short bursts from
+/// several threads, with gaps that let every pool thread fall asleep, must
+/// all be answered (a lost wake-up would leave a task waiting forever).
+#[test]
+fn idle_threads_wake_for_every_queued_task() {
+    for threads in [1, 2, 3] {
+        let pool = ThreadPool::new(threads).unwrap();
+        let callers: Vec<_> = (0..4u64)
+            .map(|c| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    for i in 0..300u64 {
+                        let x = c * 1000 + i;
+                        let task = pool.spawn(square, x);
+                        let answer = runtime.block_on(async {
+                            tokio::time::timeout(Duration::from_secs(10), task).await
+                        });
+                        assert_eq!(answer.ok(), Some(Ok(x * x)), "task {x} was never run");
+                        if i % 50 == 0 {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.join().unwrap();
+        }
+        // Closing wakes the sleeping threads so that they exit.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), pool.shutdown()).await
+            })
+            .expect("shutdown left a pool thread asleep");
+    }
+}
