@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{is_reaped, temp_dir, wait_until};
-use procpool::{ProcessPool, TaskError};
+use procpool::{CodecStage, ProcessPool, TaskError};
+use serde::{Deserialize, Deserializer, Serialize};
 
 fn pid(_: ()) -> u32 {
     std::process::id()
@@ -31,6 +32,18 @@ fn mark_then_sleep((path, ms): (PathBuf, u64)) -> u64 {
     }
     std::thread::sleep(Duration::from_millis(ms));
     ms
+}
+
+/// A result whose `Deserialize` panics (in the parent).
+#[derive(Debug, Serialize)]
+struct PanicsWhenDecoded(u8);
+impl<'de> Deserialize<'de> for PanicsWhenDecoded {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("deliberate panic in Deserialize")
+    }
+}
+fn panicky_result(_: ()) -> PanicsWhenDecoded {
+    PanicsWhenDecoded(1)
 }
 
 /// Creates `path`, waits `ms`, then aborts the worker.
@@ -248,4 +261,90 @@ fn many_threads_share_few_workers() {
     assert_eq!(stats.completed, 8 * 200 + 200);
     assert_eq!(stats.running, 0);
     assert_eq!(stats.restarts.crashed + stats.restarts.protocol, 0);
+}
+
+#[test]
+fn a_task_queued_during_the_last_allowed_borrow_runs_on_the_next_worker() {
+    // The borrow uses up the worker's last task while a job waits for it and
+    // the pool shuts down: the job must run on a fresh worker, and shutdown
+    // must finish.
+    for round in 0..4 {
+        let dir = temp_dir("lane-budget");
+        let pool = ProcessPool::builder()
+            .workers(1)
+            .max_tasks_per_worker(1)
+            .build()
+            .unwrap();
+        let caller = borrow_in_background(&pool, &dir, 100);
+        let queued = pool.spawn(square, 6);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let finished = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), pool.shutdown()).await
+        });
+        assert!(finished.is_ok(), "shutdown hung (round {round})");
+        assert_eq!(caller.join().unwrap(), Ok(100));
+        assert_eq!(futures::executor::block_on(queued), Ok(36));
+    }
+}
+
+#[test]
+fn a_panicking_result_decoder_fails_the_task_and_the_pool_serves_on() {
+    let pool = ProcessPool::new(1).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        // Through the lane (decoded on this thread) and through the queue
+        // (decoded on the supervisor's thread).
+        let direct = pool.apply_blocking(panicky_result, ());
+        let queued = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), pool.spawn(panicky_result, ())).await
+        });
+        for outcome in [direct, queued.expect("the queued task hung")] {
+            match outcome {
+                Err(TaskError::Serialization {
+                    stage: CodecStage::DecodeResult,
+                    message,
+                }) => assert!(message.contains("deliberate panic"), "{message}"),
+                other => panic!("expected a decode error: {other:?}"),
+            }
+        }
+        assert_eq!(pool.apply_blocking(square, 5), Ok(25));
+    }
+    let terminated = std::thread::spawn({
+        let pool = pool.clone();
+        move || pool.terminate()
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || terminated.is_finished()),
+        "terminate hung"
+    );
+}
+
+#[test]
+fn an_elastic_pool_grows_while_its_worker_is_lent() {
+    let dir = temp_dir("lane-elastic");
+    let pool = ProcessPool::builder()
+        .workers(2)
+        .min_workers(1)
+        .build()
+        .unwrap();
+    let caller = borrow_in_background(&pool, &dir, 3000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let queued = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), pool.spawn(square, 9)).await
+    });
+    assert_eq!(queued.expect("the queued task hung"), Ok(81));
+    assert!(
+        !caller.is_finished(),
+        "the queued task waited for the borrow to end instead of a second worker"
+    );
+    assert_eq!(caller.join().unwrap(), Ok(3000));
 }

@@ -101,7 +101,16 @@ impl<R: DeserializeOwned + Send> JobSlot for Shared<R> {
         if self.is_cancelled() {
             return; // nobody wants it: skip decoding
         }
-        let outcome = decode(status, payload, pid);
+        // The result type's `Deserialize` is the user's code, running on the
+        // supervisor's thread or a borrowing caller's: a panic in it fails
+        // this task instead of unwinding through the pool.
+        let outcome =
+            crate::panic_info::catch(|| decode(status, payload, pid)).unwrap_or_else(|caught| {
+                Err(TaskError::Serialization {
+                    stage: CodecStage::DecodeResult,
+                    message: format!("the result's Deserialize panicked: {}", caught.message),
+                })
+            });
         if let Err(e) = &outcome {
             tracing::debug!(pid, error = %e, "task failed");
         }

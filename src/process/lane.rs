@@ -53,7 +53,7 @@ use tokio::sync::Notify;
 use super::job::Job;
 use super::supervisor::PoolCtx;
 use crate::stats::Counters;
-use crate::wire::{self, FromWorker};
+use crate::wire::{self, FromWorker, Status};
 
 const CLOSED: u32 = 0;
 const OPEN: u32 = 1;
@@ -293,10 +293,11 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
     else {
         return Err(job);
     };
-    let lane = &lanes[idx];
+    let mut borrow = Borrow::new(ctx, idx);
+    let lane = borrow.lane;
     if !job.slot.try_start(idx) {
         // Cancelled already: there is nothing to run (dropping the job is all).
-        lane.give_back(true);
+        borrow.end(true);
         return Ok(());
     }
     let seq = lane.seq.load(Ordering::Relaxed);
@@ -304,7 +305,7 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
     wire::set_job_seq(job.frame.bytes_mut(), seq, true);
     Counters::bump(&ctx.counters.running);
     // SAFETY: the supervisor keeps both descriptors open while the lane is
-    // open or lent, and it is lent to this thread until `give_back` below.
+    // open or lent, and it is lent to this thread until `borrow` ends.
     let (job_fd, reply_fd) = unsafe {
         (
             BorrowedFd::borrow_raw(lane.job_fd.load(Ordering::Relaxed)),
@@ -312,35 +313,77 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
         )
     };
     let max = ctx.config.max_frame;
-    let failure = REPLY.with(|cell| {
+    REPLY.with(|cell| {
         let mut guard = cell.try_borrow_mut();
         let mut fresh = Vec::new();
         // Re-entrance is impossible (nothing here calls back into a pool),
         // but a fresh buffer keeps that an efficiency question only.
         let buf = guard.as_deref_mut().unwrap_or(&mut fresh);
-        let outcome = exchange(job_fd, reply_fd, job.frame.bytes(), buf, max)
-            .and_then(|body| accept(ctx, &job, seq, pid, &buf[body]));
+        let reply = exchange(job_fd, reply_fd, job.frame.bytes(), buf, max)
+            .and_then(|body| check(&buf[body.clone()], seq).map(|r| (body, r)));
+        match reply {
+            Ok((body, (status, nanos, payload))) => {
+                lane.seq.store(seq + 1, Ordering::Relaxed);
+                lane.done.fetch_add(1, Ordering::Relaxed);
+                ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
+                ctx.finished(&job, status, nanos);
+                // Tasks waiting in the queue: the supervisor serves them next.
+                let more = lane.budget.fetch_sub(1, Ordering::Relaxed) > 1 && ctx.queue.is_empty();
+                borrow.end(more);
+                // The worker is back before the result type's own code runs.
+                let payload = body.start + payload.start..body.start + payload.end;
+                job.slot.deliver(status, &buf[payload], pid);
+            }
+            Err(failure) => {
+                *lane.handback.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Handback { seq, job, failure });
+                borrow.end(false);
+            }
+        }
         // A large result's buffer is not kept for the next small one.
         if buf.capacity() > 1 << 20 {
             *buf = Vec::new();
         }
-        outcome.err()
     });
-    match failure {
-        None => {
-            lane.seq.store(seq + 1, Ordering::Relaxed);
-            lane.done.fetch_add(1, Ordering::Relaxed);
-            // Tasks waiting in the queue: the supervisor serves them next.
-            let more = lane.budget.fetch_sub(1, Ordering::Relaxed) > 1 && ctx.queue.is_empty();
-            lane.give_back(more);
-        }
-        Some(failure) => {
-            *lane.handback.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Handback { seq, job, failure });
-            lane.give_back(false);
+    Ok(())
+}
+
+/// A lent lane, from the borrower's side. While the worker is lent it does not
+/// count as idle (so an elastic pool grows for queued work meanwhile), and if
+/// the borrower unwinds the lane is given back closed rather than lost.
+struct Borrow<'a> {
+    ctx: &'a PoolCtx,
+    lane: &'a Lane,
+    ended: bool,
+}
+
+impl<'a> Borrow<'a> {
+    fn new(ctx: &'a PoolCtx, idx: usize) -> Self {
+        ctx.idle.fetch_sub(1, Ordering::AcqRel);
+        Borrow {
+            ctx,
+            lane: &ctx.lanes[idx],
+            ended: false,
         }
     }
-    Ok(())
+
+    /// Gives the worker back (see [`Lane::give_back`]).
+    fn end(&mut self, reopen: bool) {
+        self.ended = true;
+        self.ctx.idle.fetch_add(1, Ordering::AcqRel);
+        self.lane.give_back(reopen);
+    }
+}
+
+impl Drop for Borrow<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Only a bug in this module can get here; the worker may hold a
+            // half-finished exchange, which the supervisor sees as a protocol
+            // error on the next use.
+            self.end(false);
+        }
+    }
 }
 
 /// Writes the job frame and reads back one whole frame; returns the body's
@@ -419,8 +462,9 @@ fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
     Ok(())
 }
 
-/// Checks the reply and completes the task with it.
-fn accept(ctx: &PoolCtx, job: &Job, seq: u64, pid: u32, body: &[u8]) -> Result<(), Failure> {
+/// Checks that `body` is the result of job `seq`; returns its status, run
+/// time and the payload's range within `body`.
+fn check(body: &[u8], seq: u64) -> Result<(Status, u64, Range<usize>), Failure> {
     match FromWorker::decode(body) {
         Ok(FromWorker::Result {
             seq: got,
@@ -430,10 +474,8 @@ fn accept(ctx: &PoolCtx, job: &Job, seq: u64, pid: u32, body: &[u8]) -> Result<(
             payload,
             ..
         }) if got == seq => {
-            ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
-            ctx.finished(job, status, nanos);
-            job.slot.deliver(status, payload, pid);
-            Ok(())
+            let start = body.len() - payload.len();
+            Ok((status, nanos, start..body.len()))
         }
         Ok(FromWorker::Result { seq: got, .. }) => Err(protocol(format!(
             "result for job {got}, which it was not running"

@@ -503,74 +503,76 @@ impl Worker {
             if retiring.is_none() && cfg.max_tasks.is_some_and(|m| sent >= m) {
                 retiring = Some(Retire::MaxTasks);
             }
-            if idle && !writing && pending.is_none() {
-                if !queue_open {
+            if idle && !writing {
+                if !queue_open && pending.is_none() {
                     break Stop::Drained;
                 }
+                // (A pending job goes to the slot's next worker.)
                 if let Some(why) = retiring {
                     break Stop::Retire(why);
                 }
-                if lendable && !std::mem::take(&mut skip_lend) {
-                    let budget = cfg.max_tasks.map_or(u64::MAX, |m| m - sent);
-                    let (lent, settled) = self.lend(ctx, idx, next_seq, budget).await;
-                    next_seq = settled.next_seq;
-                    sent += settled.done;
-                    // Before anything can end this worker's service: the job
-                    // must reach a worker whatever happens to this one.
-                    let lent = match lent {
-                        Lent::Job(job) => {
-                            pending = Some(job);
-                            Lent::GivenBack
-                        }
-                        other => other,
-                    };
-                    if let Some(back) = settled.handback {
-                        // Settled below like any job in flight (the borrower
-                        // counted it as running).
-                        inflight.push_back(InFlight {
-                            seq: back.seq,
-                            job: back.job,
-                            cancel_sent: false,
-                        });
-                        if !matches!(lent, Lent::Stop) {
-                            break match back.failure {
-                                Failure::Died => Stop::Died,
-                                Failure::Protocol(message) => Stop::Protocol(message),
-                            };
-                        }
+            }
+            if idle && !writing && pending.is_none() && lendable && !std::mem::take(&mut skip_lend)
+            {
+                let budget = cfg.max_tasks.map_or(u64::MAX, |m| m - sent);
+                let (lent, settled) = self.lend(ctx, idx, next_seq, budget).await;
+                next_seq = settled.next_seq;
+                sent += settled.done;
+                // Before anything can end this worker's service: the job
+                // must reach a worker whatever happens to this one.
+                let lent = match lent {
+                    Lent::Job(job) => {
+                        pending = Some(job);
+                        Lent::GivenBack
                     }
-                    match lent {
-                        Lent::Stop => break Stop::Terminated,
-                        Lent::QueueClosed => queue_open = false,
-                        // Readiness can be stale (tokio keeps it until a
-                        // read would block): look before giving up the lane.
-                        Lent::Readable => match self.try_read() {
-                            Ok(0) => break Stop::Died,
-                            Ok(_) => {
-                                if let Err(e) = self.take_results(ctx, &mut inflight) {
-                                    break Stop::Protocol(e);
-                                }
-                                skip_lend = true; // part of a frame: the loop waits for the rest
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(_) => break Stop::Died,
-                        },
-                        Lent::IdleTimeout => {
-                            let min = cfg.min_workers;
-                            if ctx
-                                .live
-                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                    (n > min).then(|| n - 1)
-                                })
-                                .is_ok()
-                            {
-                                retiring = Some(Retire::Idle);
-                            }
-                        }
-                        Lent::GivenBack | Lent::Job(_) => {}
+                    other => other,
+                };
+                if let Some(back) = settled.handback {
+                    // Settled below like any job in flight (the borrower
+                    // counted it as running).
+                    inflight.push_back(InFlight {
+                        seq: back.seq,
+                        job: back.job,
+                        cancel_sent: false,
+                    });
+                    if !matches!(lent, Lent::Stop) {
+                        break match back.failure {
+                            Failure::Died => Stop::Died,
+                            Failure::Protocol(message) => Stop::Protocol(message),
+                        };
                     }
-                    continue;
                 }
+                match lent {
+                    Lent::Stop => break Stop::Terminated,
+                    Lent::QueueClosed => queue_open = false,
+                    // Readiness can be stale (tokio keeps it until a
+                    // read would block): look before giving up the lane.
+                    Lent::Readable => match self.try_read() {
+                        Ok(0) => break Stop::Died,
+                        Ok(_) => {
+                            if let Err(e) = self.take_results(ctx, &mut inflight) {
+                                break Stop::Protocol(e);
+                            }
+                            skip_lend = true; // part of a frame: the loop waits for the rest
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break Stop::Died,
+                    },
+                    Lent::IdleTimeout => {
+                        let min = cfg.min_workers;
+                        if ctx
+                            .live
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                (n > min).then(|| n - 1)
+                            })
+                            .is_ok()
+                        {
+                            retiring = Some(Retire::Idle);
+                        }
+                    }
+                    Lent::GivenBack | Lent::Job(_) => {}
+                }
+                continue;
             }
             // Send ahead only while the backlog is deep (at least two waiting
             // tasks per worker), so pipelining never leaves another worker idle
@@ -827,7 +829,14 @@ impl Worker {
                     // until the borrow ends (the borrower hands the worker
                     // back if any are still waiting then).
                     Ok(job) => match ctx.requeue.try_send(job) {
-                        Ok(()) => listen = !lane.watch(),
+                        Ok(()) => {
+                            listen = !lane.watch();
+                            // A lent worker is not idle: an elastic pool may
+                            // start one for this job.
+                            if ctx.elastic() && ctx.idle.load(Ordering::Acquire) == 0 {
+                                ctx.demand.notify_one();
+                            }
+                        }
                         Err(e) => break Lent::Job(e.into_inner()),
                     },
                 },
