@@ -34,6 +34,21 @@ fn mark_then_sleep((path, ms): (PathBuf, u64)) -> u64 {
     ms
 }
 
+/// Forks a child that keeps every inherited descriptor open (no exec, so
+/// close-on-exec does not help) and reports its pid, then aborts.
+fn forks_then_aborts(pid_file: PathBuf) -> u64 {
+    // SAFETY: the child only calls async-signal-safe functions (sleep, _exit).
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe {
+            libc::sleep(60);
+            libc::_exit(0)
+        }
+    }
+    std::fs::write(&pid_file, child.to_string()).unwrap();
+    std::process::abort()
+}
+
 /// A result whose `Deserialize` panics (in the parent).
 #[derive(Debug, Serialize)]
 struct PanicsWhenDecoded(u8);
@@ -347,4 +362,34 @@ fn an_elastic_pool_grows_while_its_worker_is_lent() {
         "the queued task waited for the borrow to end instead of a second worker"
     );
     assert_eq!(caller.join().unwrap(), Ok(3000));
+}
+
+#[test]
+fn a_crash_is_seen_while_a_forked_child_holds_the_reply_pipe() {
+    let dir = temp_dir("lane-fork");
+    let pid_file = dir.join("child");
+    let pool = ProcessPool::new(1).unwrap();
+    let crashed = pool.worker_pids()[0];
+    let started = Instant::now();
+    let outcome = pool.apply_blocking(forks_then_aborts, pid_file.clone());
+    let took = started.elapsed();
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+    {
+        // SAFETY: plain syscall on a pid this test's worker created.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    match outcome {
+        Err(TaskError::WorkerDied { pid, signal, .. }) => {
+            assert_eq!(pid, crashed);
+            assert_eq!(signal, Some(libc::SIGABRT));
+        }
+        other => panic!("expected the worker's death: {other:?}"),
+    }
+    assert!(
+        took < Duration::from_secs(30),
+        "the crash went unnoticed while the forked child held the pipes ({took:?})"
+    );
+    assert_eq!(pool.apply_blocking(square, 4), Ok(16));
 }

@@ -72,6 +72,8 @@ pub(crate) struct Lane {
     // Set by the supervisor before it opens the lane; read by a borrower.
     job_fd: AtomicI32,
     reply_fd: AtomicI32,
+    /// The worker's pidfd (readable once it exits), or -1.
+    pid_fd: AtomicI32,
     pid: AtomicU32,
     /// Sequence number of the next job; a borrower advances it.
     seq: AtomicU64,
@@ -114,6 +116,7 @@ impl Default for Lane {
             back: Notify::new(),
             job_fd: AtomicI32::new(-1),
             reply_fd: AtomicI32::new(-1),
+            pid_fd: AtomicI32::new(-1),
             pid: AtomicU32::new(0),
             seq: AtomicU64::new(0),
             budget: AtomicU64::new(0),
@@ -126,12 +129,14 @@ impl Default for Lane {
 impl Lane {
     // --- the supervisor's side ----------------------------------------------
 
-    /// Lends an idle worker out. The descriptors must stay open until the lane
-    /// is closed again ([`reclaim`](Self::reclaim) or
-    /// [`take_back`](Self::take_back)).
-    pub(crate) fn open(&self, job_fd: RawFd, reply_fd: RawFd, pid: u32, seq: u64, budget: u64) {
+    /// Lends an idle worker out. The descriptors (`pid_fd` may be -1) must
+    /// stay open until the lane is closed again ([`reclaim`](Self::reclaim)
+    /// or [`given_back`](Self::given_back)).
+    pub(crate) fn open(&self, fds: [RawFd; 3], pid: u32, seq: u64, budget: u64) {
+        let [job_fd, reply_fd, pid_fd] = fds;
         self.job_fd.store(job_fd, Ordering::Relaxed);
         self.reply_fd.store(reply_fd, Ordering::Relaxed);
+        self.pid_fd.store(pid_fd, Ordering::Relaxed);
         self.pid.store(pid, Ordering::Relaxed);
         self.seq.store(seq, Ordering::Relaxed);
         self.budget.store(budget, Ordering::Relaxed);
@@ -304,13 +309,15 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
     let pid = lane.pid.load(Ordering::Relaxed);
     wire::set_job_seq(job.frame.bytes_mut(), seq, true);
     Counters::bump(&ctx.counters.running);
-    // SAFETY: the supervisor keeps both descriptors open while the lane is
+    // SAFETY: the supervisor keeps these descriptors open while the lane is
     // open or lent, and it is lent to this thread until `borrow` ends.
-    let (job_fd, reply_fd) = unsafe {
-        (
-            BorrowedFd::borrow_raw(lane.job_fd.load(Ordering::Relaxed)),
-            BorrowedFd::borrow_raw(lane.reply_fd.load(Ordering::Relaxed)),
-        )
+    let fds = unsafe {
+        let pid_fd = lane.pid_fd.load(Ordering::Relaxed);
+        WorkerFds {
+            job: BorrowedFd::borrow_raw(lane.job_fd.load(Ordering::Relaxed)),
+            reply: BorrowedFd::borrow_raw(lane.reply_fd.load(Ordering::Relaxed)),
+            exited: (pid_fd >= 0).then(|| BorrowedFd::borrow_raw(pid_fd)),
+        }
     };
     let max = ctx.config.max_frame;
     REPLY.with(|cell| {
@@ -319,7 +326,7 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
         // Re-entrance is impossible (nothing here calls back into a pool),
         // but a fresh buffer keeps that an efficiency question only.
         let buf = guard.as_deref_mut().unwrap_or(&mut fresh);
-        let reply = exchange(job_fd, reply_fd, job.frame.bytes(), buf, max)
+        let reply = exchange(&fds, job.frame.bytes(), buf, max)
             .and_then(|body| check(&buf[body.clone()], seq).map(|r| (body, r)));
         match reply {
             Ok((body, (status, nanos, payload))) => {
@@ -386,16 +393,24 @@ impl Drop for Borrow<'_> {
     }
 }
 
+/// The borrowed worker's descriptors.
+struct WorkerFds<'a> {
+    job: BorrowedFd<'a>,
+    reply: BorrowedFd<'a>,
+    /// Readable once the worker process has exited (a pidfd, where the
+    /// platform has them).
+    exited: Option<BorrowedFd<'a>>,
+}
+
 /// Writes the job frame and reads back one whole frame; returns the body's
 /// range in `buf`.
 fn exchange(
-    job_fd: BorrowedFd<'_>,
-    reply_fd: BorrowedFd<'_>,
+    fds: &WorkerFds<'_>,
     frame: &[u8],
     buf: &mut Vec<u8>,
     max: u64,
 ) -> Result<Range<usize>, Failure> {
-    write_all(job_fd, frame).map_err(|_| Failure::Died)?;
+    write_all(fds.job, frame).map_err(|_| Failure::Died)?;
     buf.clear();
     loop {
         match wire::split_frame(buf, max) {
@@ -409,13 +424,15 @@ fn exchange(
             .unwrap_or(0)
             .max(4096);
         buf.reserve(want);
-        if !buf.is_empty() && !readable_within(reply_fd, STALLED_FRAME)? {
+        // The task may run for long; part of a frame may not.
+        let limit = (!buf.is_empty()).then_some(STALLED_FRAME);
+        if !wait_for_reply(fds, limit)? {
             return Err(protocol(format!(
                 "an incomplete frame ({} bytes) made no progress for {STALLED_FRAME:?}",
                 buf.len()
             )));
         }
-        match rustix::io::read(reply_fd, rustix::buffer::spare_capacity(buf)) {
+        match rustix::io::read(fds.reply, rustix::buffer::spare_capacity(buf)) {
             Ok(0) => return Err(Failure::Died),
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => return Err(Failure::Died),
@@ -427,17 +444,29 @@ fn exchange(
 /// frame in one go (the supervisor applies the same bound to its stream).
 const STALLED_FRAME: std::time::Duration = super::supervisor::STALLED_FRAME;
 
-/// Waits up to `limit` for `fd` to have bytes (or end of file).
-fn readable_within(fd: BorrowedFd<'_>, limit: std::time::Duration) -> Result<bool, Failure> {
-    let deadline = std::time::Instant::now() + limit;
+/// Waits until the reply pipe has bytes (or end of file): `Ok(true)`; or
+/// `Ok(false)` after `limit`. The worker's exit ends the wait with
+/// `Failure::Died` even when the pipe stays open, because a process the task
+/// forked without exec holds its write end.
+fn wait_for_reply(
+    fds: &WorkerFds<'_>,
+    limit: Option<std::time::Duration>,
+) -> Result<bool, Failure> {
+    let deadline = limit.map(|l| std::time::Instant::now() + l);
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let timeout = rustix::event::Timespec::try_from(left).unwrap_or_default();
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(0) if left.is_zero() => return Ok(false),
-            Ok(0) | Err(rustix::io::Errno::INTR) => {}
-            Ok(_) => return Ok(true),
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let timeout = left.map(|l| rustix::event::Timespec::try_from(l).unwrap_or_default());
+        let mut polled = [
+            PollFd::new(&fds.reply, PollFlags::IN),
+            PollFd::new(fds.exited.as_ref().unwrap_or(&fds.reply), PollFlags::IN),
+        ];
+        match poll(&mut polled, timeout.as_ref()) {
+            Ok(_) if !polled[0].revents().is_empty() => return Ok(true),
+            Ok(_) if fds.exited.is_some() && !polled[1].revents().is_empty() => {
+                return Err(Failure::Died)
+            }
+            Ok(0) if left.is_some_and(|l| l.is_zero()) => return Ok(false),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => return Err(Failure::Died),
         }
     }

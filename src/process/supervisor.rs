@@ -302,6 +302,9 @@ struct Worker {
     rx: pipe::Receiver,
     /// The reply pipe of direct jobs (blocking; read by lane borrowers).
     replies: Option<std::os::fd::OwnedFd>,
+    /// Readable once the worker exits: lets a borrower see the worker die
+    /// even while a process it forked holds the reply pipe open.
+    exited: Option<std::os::fd::OwnedFd>,
     inbuf: Vec<u8>,
     /// Releases `inbuf`'s memory once large results stop coming.
     keeper: crate::buffer::Keeper,
@@ -336,6 +339,7 @@ impl Worker {
             pid,
             tx,
             rx,
+            exited: replies.as_ref().and_then(|_| exit_watch(pid)),
             replies,
             inbuf: Vec::with_capacity(64 * 1024),
             keeper: Default::default(),
@@ -800,9 +804,9 @@ impl Worker {
         use std::os::fd::AsRawFd;
         let lane = &ctx.lanes[idx];
         let replies = self.replies.as_ref().expect("lending needs a reply pipe");
+        let exited = self.exited.as_ref().map_or(-1, |fd| fd.as_raw_fd());
         lane.open(
-            self.tx.as_raw_fd(),
-            replies.as_raw_fd(),
+            [self.tx.as_raw_fd(), replies.as_raw_fd(), exited],
             self.pid,
             next_seq,
             budget,
@@ -1015,6 +1019,20 @@ async fn sleep_or_never(d: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// A descriptor that becomes readable when process `pid` exits (a pidfd),
+/// where the platform has one. Opened while the worker is our unreaped child,
+/// so the pid cannot name another process.
+#[cfg(target_os = "linux")]
+fn exit_watch(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exit_watch(_pid: u32) -> Option<std::os::fd::OwnedFd> {
+    None
 }
 
 /// Resident memory of process `pid`, where the platform tells.
