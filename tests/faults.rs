@@ -71,6 +71,21 @@ fn sends_a_stale_result(_: ()) -> u64 {
     std::thread::sleep(Duration::from_millis(100));
     1
 }
+/// Forks a child that keeps every descriptor the worker has (no exec, so
+/// close-on-exec does not help), reports its pid, then crashes.
+fn forks_then_aborts(pid_file: std::path::PathBuf) -> u64 {
+    // SAFETY: the child only calls async-signal-safe functions (sleep, _exit).
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe {
+            libc::sleep(60);
+            libc::_exit(0)
+        }
+    }
+    std::fs::write(pid_file, child.to_string()).unwrap();
+    std::process::abort()
+}
+
 /// Starts a long-lived grandchild (which inherits whatever the worker does not
 /// protect), reports its pid, then crashes.
 fn spawns_then_aborts(pid_file: std::path::PathBuf) -> u64 {
@@ -394,6 +409,30 @@ fn a_crash_is_seen_even_while_a_grandchild_lives() {
     }
 }
 
+fn a_crash_is_seen_while_a_forked_child_holds_every_pipe() {
+    let file = common::temp_dir("forked").join("pid");
+    let started = std::time::Instant::now();
+    // Through the queue: the supervisor, not a borrowing caller, must notice.
+    let e = process_fault(ProcessPool::builder(), |pool| {
+        let task = pool.spawn(forks_then_aborts, file.clone());
+        block_on(async { tokio::time::timeout(Duration::from_secs(40), task).await })
+            .expect("the crash went unnoticed")
+            .unwrap_err()
+    });
+    if let Some(pid) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+    {
+        // SAFETY: plain syscall on the pid the worker forked.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    died_with(e, None, Some(libc::SIGABRT));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the crash was noticed only when the forked child exited"
+    );
+}
+
 fn a_panicking_initializer_fails_build_cleanly() {
     let check = Check::start();
     let r = ProcessPool::builder()
@@ -561,6 +600,10 @@ fn main() {
         (
             "a_crash_is_seen_even_while_a_grandchild_lives",
             &a_crash_is_seen_even_while_a_grandchild_lives,
+        ),
+        (
+            "a_crash_is_seen_while_a_forked_child_holds_every_pipe",
+            &a_crash_is_seen_while_a_forked_child_holds_every_pipe,
         ),
         (
             "a_panicking_initializer_fails_build_cleanly",

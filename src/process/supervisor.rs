@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
@@ -266,6 +267,8 @@ enum Lent {
     QueueClosed,
     /// The worker was idle for the pool's idle timeout.
     IdleTimeout,
+    /// The worker process exited.
+    Exited,
 }
 
 /// Why the serve loop stopped.
@@ -302,9 +305,10 @@ struct Worker {
     rx: pipe::Receiver,
     /// The reply pipe of direct jobs (blocking; read by lane borrowers).
     replies: Option<std::os::fd::OwnedFd>,
-    /// Readable once the worker exits: lets a borrower see the worker die
-    /// even while a process it forked holds the reply pipe open.
-    exited: Option<std::os::fd::OwnedFd>,
+    /// Readable once the worker exits (a pidfd): its death is seen even while
+    /// a process its task forked holds the worker's pipes open. Watched here
+    /// and by lane borrowers.
+    exited: Option<AsyncFd<std::os::fd::OwnedFd>>,
     inbuf: Vec<u8>,
     /// Releases `inbuf`'s memory once large results stop coming.
     keeper: crate::buffer::Keeper,
@@ -339,7 +343,11 @@ impl Worker {
             pid,
             tx,
             rx,
-            exited: replies.as_ref().and_then(|_| exit_watch(pid)),
+            exited: exit_watch(pid).and_then(|fd| {
+                // SAFETY: an `OwnedFd` is a valid open descriptor that keeps
+                // naming the same file until the `AsyncFd` that owns it drops.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+            }),
             replies,
             inbuf: Vec::with_capacity(64 * 1024),
             keeper: Default::default(),
@@ -548,6 +556,7 @@ impl Worker {
                 }
                 match lent {
                     Lent::Stop => break Stop::Terminated,
+                    Lent::Exited => break Stop::Died,
                     Lent::QueueClosed => queue_open = false,
                     // Readiness can be stale (tokio keeps it until a
                     // read would block): look before giving up the lane.
@@ -666,6 +675,9 @@ impl Worker {
                         self.inbuf.len()
                     ));
                 }
+                // After the result pipe: what the worker wrote before dying
+                // is read first (and the Died path below reads the rest).
+                _ = exit_of(&self.exited) => break Stop::Died,
                 _ = sleep_or_never(idle_timer) => {
                     // Give up this worker only while more than the minimum live.
                     let min = cfg.min_workers;
@@ -804,7 +816,10 @@ impl Worker {
         use std::os::fd::AsRawFd;
         let lane = &ctx.lanes[idx];
         let replies = self.replies.as_ref().expect("lending needs a reply pipe");
-        let exited = self.exited.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+        let exited = self
+            .exited
+            .as_ref()
+            .map_or(-1, |fd| fd.get_ref().as_raw_fd());
         lane.open(
             [self.tx.as_raw_fd(), replies.as_raw_fd(), exited],
             self.pid,
@@ -825,6 +840,7 @@ impl Worker {
                     listen = true; // a watched borrow ended
                 }
                 _ = self.rx.readable() => break Lent::Readable,
+                _ = exit_of(&self.exited) => break Lent::Exited,
                 job = ctx.queue.recv(), if listen => match job {
                     Err(_) => break Lent::QueueClosed,
                     Ok(job) if lane.try_close() => break Lent::Job(job),
@@ -1010,6 +1026,19 @@ async fn next_job(
     match pending.take() {
         Some(job) => Ok(job),
         None => queue.recv().await,
+    }
+}
+
+/// Resolves once the watched process has exited; never without a watch.
+async fn exit_of(exited: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
+    match exited {
+        // An error reading readiness is not an exit: keep waiting for the
+        // pipes to tell.
+        Some(fd) => match fd.readable().await {
+            Ok(_) => {}
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
