@@ -55,6 +55,8 @@ pub(crate) trait WorkerProcess: Send {
     fn kill(&mut self);
     /// Waits for the process to end and reaps it.
     fn wait(&mut self) -> io::Result<ExitInfo>;
+    /// Reaps the process if it has ended, without waiting.
+    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>>;
 }
 
 /// Starts worker processes.
@@ -195,10 +197,17 @@ impl WorkerProcess for LocalProcess {
     }
 
     fn wait(&mut self) -> io::Result<ExitInfo> {
-        let status = self.child.wait()?;
-        Ok(ExitInfo {
-            code: status.code(),
-            signal: status.signal(),
-        })
+        self.child.wait().map(exit_info)
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>> {
+        Ok(self.child.try_wait()?.map(exit_info))
+    }
+}
+
+fn exit_info(status: std::process::ExitStatus) -> ExitInfo {
+    ExitInfo {
+        code: status.code(),
+        signal: status.signal(),
     }
 }

@@ -718,9 +718,7 @@ impl Worker {
                     }
                 })
                 .await;
-                if let Some(process) = self.process.take() {
-                    reap_process(process).await;
-                }
+                reap(&mut self.process, &self.exited).await;
                 match stop {
                     Stop::Retire(why) => {
                         let c = &ctx.counters;
@@ -891,10 +889,7 @@ impl Worker {
 
     /// Kills and reaps the worker process (once).
     async fn reap(&mut self) -> Option<ExitInfo> {
-        match self.process.take() {
-            Some(process) => reap_process(process).await,
-            None => None,
-        }
+        reap(&mut self.process, &self.exited).await
     }
 
     /// Reads what the result pipe holds, without waiting.
@@ -1071,9 +1066,33 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(pages * rustix::param::page_size() as u64)
 }
 
+/// Kills and reaps a worker's process, once (`process` is taken). With a
+/// pidfd the exit is awaited on the supervisor's runtime; without one, a
+/// blocking wait runs on tokio's blocking pool.
+async fn reap(
+    process: &mut Option<Box<dyn WorkerProcess>>,
+    exited: &Option<AsyncFd<std::os::fd::OwnedFd>>,
+) -> Option<ExitInfo> {
+    let mut process = process.take()?;
+    let Some(exited) = exited else {
+        return reap_process(process).await;
+    };
+    process.kill();
+    while let Ok(mut ready) = exited.readable().await {
+        match process.try_wait() {
+            Ok(Some(exit)) => return Some(exit),
+            Ok(None) => ready.clear_ready(), // not yet: wait again
+            Err(_) => break,
+        }
+    }
+    // The pidfd failed us: wait the ordinary way.
+    reap_process(process).await
+}
+
 /// Kills (harmless if it already exited) and reaps a worker. The wait runs
 /// on tokio's blocking pool: a large process can take a while to tear down,
-/// and all slots share the supervisor thread.
+/// and all slots share the supervisor thread. (Used where no pidfd lets the
+/// exit be awaited instead; see [`reap`].)
 async fn reap_process(mut process: Box<dyn WorkerProcess>) -> Option<ExitInfo> {
     process.kill();
     tokio::task::spawn_blocking(move || process.wait().ok())
