@@ -68,6 +68,14 @@ fn mark_then_abort((path, ms): (PathBuf, u64)) -> u64 {
     std::process::abort()
 }
 
+/// A current-thread runtime with timers, for awaiting tasks under a timeout.
+fn timer_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
 /// Starts a blocking call of `mark_then_sleep` on a plain thread and returns
 /// once the worker has started it.
 fn borrow_in_background(
@@ -244,10 +252,7 @@ fn a_worker_in_use_through_the_lane_is_not_retired_as_idle() {
 #[test]
 fn many_threads_share_few_workers() {
     let pool = ProcessPool::new(2).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = timer_runtime();
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let pool = pool.clone();
@@ -292,10 +297,7 @@ fn a_task_queued_during_the_last_allowed_borrow_runs_on_the_next_worker() {
             .unwrap();
         let caller = borrow_in_background(&pool, &dir, 100);
         let queued = pool.spawn(square, 6);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let runtime = timer_runtime();
         let finished = runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(20), pool.shutdown()).await
         });
@@ -308,10 +310,7 @@ fn a_task_queued_during_the_last_allowed_borrow_runs_on_the_next_worker() {
 #[test]
 fn a_panicking_result_decoder_fails_the_task_and_the_pool_serves_on() {
     let pool = ProcessPool::new(1).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = timer_runtime();
     for _ in 0..2 {
         // Through the lane (decoded on this thread) and through the queue
         // (decoded on the supervisor's thread).
@@ -349,10 +348,7 @@ fn an_elastic_pool_grows_while_its_worker_is_lent() {
         .build()
         .unwrap();
     let caller = borrow_in_background(&pool, &dir, 3000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = timer_runtime();
     let queued = runtime.block_on(async {
         tokio::time::timeout(Duration::from_secs(20), pool.spawn(square, 9)).await
     });
