@@ -25,21 +25,26 @@
 //! ```
 //!
 //! While the lane is OPEN or LENT the supervisor writes nothing to the worker
-//! and keeps its pipes open; it only watches the result pipe (an idle
-//! worker's death), the queue and the pool's stop signal. To get the worker
-//! back it closes an OPEN lane, or marks a LENT one WANTED and waits; the
-//! borrower then gives it back CLOSED and wakes it. A borrower that finishes
-//! while nobody wants the worker reopens the lane without waking anyone, so
-//! the common case costs the supervisor nothing.
+//! and keeps its descriptors open; it only watches for an idle worker's death
+//! (its result pipe and pidfd), the queue and the pool's stop signal. To get
+//! the worker back it closes an OPEN lane, or marks a LENT one WANTED and
+//! waits; the borrower then gives it back CLOSED and wakes it. A job the
+//! supervisor takes from the queue while the worker is lent goes back to the
+//! queue for a free worker, and the supervisor marks the borrow WATCHED to be
+//! told when it ends. A borrower that finishes while nobody wants the worker
+//! and no task is queued reopens the lane without waking anyone, so the
+//! common case costs the supervisor nothing.
 //!
 //! # Failures
 //!
-//! If the worker dies (end of file on the reply pipe, or the job pipe
-//! refusing the frame) or breaks the protocol, the borrower hands its job back
-//! with the lane and then waits for its task like any other caller: the
-//! supervisor reaps the worker and fails the task with its exit status or the
-//! protocol error, exactly as if the job had come through the queue.
-//! `terminate` kills a lent worker, which ends the borrower's read.
+//! If the worker dies (its pidfd turns readable, the reply pipe ends, or the
+//! job pipe refuses the frame) or breaks the protocol, the borrower hands its
+//! job back with the lane and then waits for its task like any other caller:
+//! the supervisor reaps the worker and fails the task with its exit status or
+//! the protocol error, exactly as if the job had come through the queue.
+//! `terminate` kills a lent worker, which ends the borrower's wait. The pidfd
+//! matters when a task forked without exec: the child holds the reply pipe
+//! open, so its end of file would never come.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -273,7 +278,7 @@ impl Lane {
 }
 
 /// Picks the lane a borrower tries first, so concurrent callers spread out.
-pub(crate) static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
+static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// A borrower's read buffer, kept between calls.
