@@ -106,6 +106,17 @@ impl PoolCtx {
         }
     }
 
+    /// An idle worker leaves the live count, but only while more than the
+    /// minimum live: `true` if it may retire.
+    fn leave_live_above_min(&self) -> bool {
+        let min = self.config.min_workers;
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > min).then(|| n - 1)
+            })
+            .is_ok()
+    }
+
     /// Counts a job that finished after running `nanos` in its worker.
     pub(crate) fn finished(&self, job: &Job, status: Status, nanos: u64) {
         // Count first, so a caller woken by the result sees it in the
@@ -572,14 +583,7 @@ impl Worker {
                         Err(_) => break Stop::Died,
                     },
                     Lent::IdleTimeout => {
-                        let min = cfg.min_workers;
-                        if ctx
-                            .live
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                (n > min).then(|| n - 1)
-                            })
-                            .is_ok()
-                        {
+                        if ctx.leave_live_above_min() {
                             retiring = Some(Retire::Idle);
                         }
                     }
@@ -679,9 +683,7 @@ impl Worker {
                 // is read first (and the Died path below reads the rest).
                 _ = exit_of(&self.exited) => break Stop::Died,
                 _ = sleep_or_never(idle_timer) => {
-                    // Give up this worker only while more than the minimum live.
-                    let min = cfg.min_workers;
-                    if ctx.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n > min).then(|| n - 1)).is_ok() {
+                    if ctx.leave_live_above_min() {
                         retiring = Some(Retire::Idle);
                     }
                 }
