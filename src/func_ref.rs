@@ -120,31 +120,52 @@ fn encode_panic(out: &mut Vec<u8>, p: panic_info::Caught) {
 }
 
 /// Identifies this build of the executable. Equal in a parent and its workers
-/// exactly when they run the same file.
-pub(crate) fn build_identity() -> u64 {
+/// exactly when they run the same program file, byte for byte (a copy of it on
+/// another machine included).
+///
+/// It is read from the running image, never from the path the program was
+/// started by: on Linux `/proc/self/exe` still names the file this process
+/// runs after a deploy has replaced or deleted it on disk, so a worker started
+/// after a deploy (which re-executes that same file) computes the same
+/// identity as its parent.
+///
+/// Only a successful reading is kept: a failure (say, no descriptor free to
+/// open the file) is returned, and the next call tries again.
+pub(crate) fn build_identity() -> std::io::Result<u64> {
     static IDENTITY: OnceLock<u64> = OnceLock::new();
-    *IDENTITY.get_or_init(|| {
-        let mut h = Fnv::new();
-        h.write(env!("CARGO_PKG_VERSION").as_bytes());
-        // Differs between builds whose code layout differs.
-        h.write_u64(to_offset(build_identity as fn() -> u64 as usize));
-        if let Ok(meta) = std::env::current_exe().and_then(std::fs::metadata) {
-            h.write_u64(meta.len());
-            if let Ok(modified) = meta.modified() {
-                if let Ok(d) = modified.duration_since(std::time::UNIX_EPOCH) {
-                    h.write_u64(d.as_secs());
-                    h.write_u64(u64::from(d.subsec_nanos()));
-                }
-            }
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                h.write_u64(meta.ino());
-                h.write_u64(meta.dev());
-            }
-        }
-        h.finish()
-    })
+    if let Some(&identity) = IDENTITY.get() {
+        return Ok(identity);
+    }
+    let mut h = Fnv::new();
+    h.write(env!("CARGO_PKG_VERSION").as_bytes());
+    // Differs between builds whose code layout differs.
+    h.write_u64(to_offset(build_identity as fn() -> _ as usize));
+    hash_running_image(&mut h)?;
+    Ok(*IDENTITY.get_or_init(|| h.finish()))
+}
+
+/// How much of each end of the executable file the identity covers: the
+/// program headers and the first code at the start, the symbol and section
+/// tables (which move with any change to the code) at the end.
+const IDENTITY_SPAN: u64 = 64 * 1024;
+
+fn hash_running_image(h: &mut Fnv) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = if cfg!(target_os = "linux") {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe()?
+    };
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    h.write_u64(len);
+    let mut buf = vec![0u8; IDENTITY_SPAN.min(len) as usize];
+    file.read_exact(&mut buf)?;
+    h.write(&buf);
+    file.seek(SeekFrom::Start(len - buf.len() as u64))?;
+    file.read_exact(&mut buf)?;
+    h.write(&buf);
+    Ok(())
 }
 
 /// FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`).
@@ -274,6 +295,6 @@ mod tests {
 
     #[test]
     fn identity_is_stable_within_a_process() {
-        assert_eq!(build_identity(), build_identity());
+        assert_eq!(build_identity().unwrap(), build_identity().unwrap());
     }
 }

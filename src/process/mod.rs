@@ -1028,6 +1028,15 @@ impl ProcessPoolBuilder {
             Some(Err(message)) => return Err(Error::Initializer { pid: 0, message }),
             None => None,
         };
+        let identity = match self.identity {
+            Some(identity) => identity,
+            None => func_ref::build_identity().map_err(|e| {
+                Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot read the running executable to identify its build: {e}"),
+                ))
+            })?,
+        };
         let (jobs_tx, jobs_rx) = match self.max_queue {
             Some(n) => async_channel::bounded(n),
             None => async_channel::unbounded(),
@@ -1041,7 +1050,7 @@ impl ProcessPoolBuilder {
                 max_frame: self.max_frame,
                 pipeline_depth: self.pipeline_depth,
                 start_timeout: self.start_timeout,
-                identity: self.identity.unwrap_or_else(func_ref::build_identity),
+                identity,
                 max_tasks: self.max_tasks,
                 max_memory: self.max_memory,
                 memory_limit: self.memory_limit,

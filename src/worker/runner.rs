@@ -64,18 +64,21 @@ pub(super) fn serve(spec: Spec) -> i32 {
     };
 
     let identity = func_ref::build_identity();
-    if spec.identity != identity {
-        let reason = format!(
-            "worker build identity {identity:016x} differs from the parent's {:016x}: the \
-             worker runs a different build of the program, so functions cannot be named \
-             across the two",
-            spec.identity
-        );
+    if identity.as_ref().ok() != Some(&spec.identity) {
+        let reason = match identity {
+            Ok(identity) => format!(
+                "worker build identity {identity:016x} differs from the parent's {:016x}: the \
+                 worker runs a different build of the program, so functions cannot be named \
+                 across the two",
+                spec.identity
+            ),
+            Err(e) => format!("worker cannot read its own executable to check its build: {e}"),
+        };
         wire::encode_refused(&mut runner.out, &reason);
         let _ = runner.output.write_all(&runner.out);
         return 2;
     }
-    wire::encode_hello(&mut runner.out, std::process::id(), identity);
+    wire::encode_hello(&mut runner.out, std::process::id(), spec.identity);
     if runner.output.write_all(&runner.out).is_err() {
         return 0;
     }
