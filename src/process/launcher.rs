@@ -81,7 +81,9 @@ fn enlarge(_fd: &OwnedFd) {}
 
 fn executable() -> io::Result<std::path::PathBuf> {
     // On Linux this names the very file this process runs, even if it has been
-    // replaced or deleted on disk since.
+    // replaced or deleted on disk since (a deploy), and whatever path, symlink
+    // or working directory the program was started from: exec follows the
+    // magic link to the running image itself.
     if cfg!(target_os = "linux") {
         Ok("/proc/self/exe".into())
     } else {
@@ -132,6 +134,16 @@ impl Launcher for LocalLauncher {
                     // alive until `spawn` returns.
                     let fd = BorrowedFd::borrow_raw(fd);
                     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                }
+                // A terminal's Ctrl-C goes to the whole foreground process
+                // group, workers included. The parent decides what an
+                // interrupt means (finish with `shutdown`, or die and take the
+                // workers along through the lifeline), so workers ignore it.
+                // An ignored disposition survives exec.
+                // SAFETY: signal() is async-signal-safe; SIG_IGN installs no
+                // handler code.
+                if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
                 }
                 if nice != 0 {
                     // Relative to the parent's, so it only ever lowers priority.
