@@ -34,15 +34,32 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
     })
 }
 
-/// The panic's message, for `&str` and `String` payloads.
+/// The longest panic message kept: a task that panics with megabytes of text
+/// must not turn every error report (and log line) into megabytes.
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
+
+/// The panic's message, for `&str` and `String` payloads, cut to
+/// [`MAX_MESSAGE`] bytes.
 pub(crate) fn message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+        s
     } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
+        s.as_str()
     } else {
-        "Box<dyn Any> (a panic payload that is not a string)".to_string()
+        "Box<dyn Any> (a panic payload that is not a string)"
+    };
+    bounded(text)
+}
+
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text.to_string();
     }
+    let mut end = MAX_MESSAGE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
 }
 
 /// The location of the last panic caught on this thread, if recorded.
@@ -69,4 +86,18 @@ pub(crate) fn install(quiet: bool) {
             previous(info);
         }));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_MESSAGE); // two bytes each
+        let cut = bounded(&long);
+        assert!(cut.len() < MAX_MESSAGE + 40);
+        assert!(cut.ends_with(&format!("… ({} bytes cut)", long.len() - MAX_MESSAGE)));
+        assert_eq!(bounded("short"), "short");
+    }
 }
