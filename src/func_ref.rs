@@ -123,11 +123,10 @@ fn encode_panic(out: &mut Vec<u8>, p: panic_info::Caught) {
 /// exactly when they run the same program file, byte for byte (a copy of it on
 /// another machine included).
 ///
-/// It is read from the running image, never from the path the program was
-/// started by: on Linux `/proc/self/exe` still names the file this process
-/// runs after a deploy has replaced or deleted it on disk, so a worker started
-/// after a deploy (which re-executes that same file) computes the same
-/// identity as its parent.
+/// It is read from the running image, never from the file now at the path the
+/// program was started by (see [`crate::image`]), so a worker started after a
+/// deploy, which re-executes that same image, computes the same identity as
+/// its parent.
 ///
 /// Only a successful reading is kept: a failure (say, no descriptor free to
 /// open the file) is returned, and the next call tries again.
@@ -150,20 +149,15 @@ pub(crate) fn build_identity() -> std::io::Result<u64> {
 const IDENTITY_SPAN: u64 = 64 * 1024;
 
 fn hash_running_image(h: &mut Fnv) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let path = if cfg!(target_os = "linux") {
-        std::path::PathBuf::from("/proc/self/exe")
-    } else {
-        std::env::current_exe()?
-    };
-    let mut file = std::fs::File::open(path)?;
+    use std::os::unix::fs::FileExt;
+    let file = crate::image::open()?;
     let len = file.metadata()?.len();
     h.write_u64(len);
-    let mut buf = vec![0u8; IDENTITY_SPAN.min(len) as usize];
-    file.read_exact(&mut buf)?;
+    let span = IDENTITY_SPAN.min(len);
+    let mut buf = vec![0u8; span as usize];
+    file.read_exact_at(&mut buf, 0)?;
     h.write(&buf);
-    file.seek(SeekFrom::Start(len - buf.len() as u64))?;
-    file.read_exact(&mut buf)?;
+    file.read_exact_at(&mut buf, len - span)?;
     h.write(&buf);
     Ok(())
 }

@@ -140,6 +140,7 @@
 mod buffer;
 mod error;
 mod func_ref;
+mod image;
 mod map;
 mod panic_info;
 mod pool;

@@ -79,18 +79,6 @@ fn enlarge(fd: &OwnedFd) {
 #[cfg(not(target_os = "linux"))]
 fn enlarge(_fd: &OwnedFd) {}
 
-fn executable() -> io::Result<std::path::PathBuf> {
-    // On Linux this names the very file this process runs, even if it has been
-    // replaced or deleted on disk since (a deploy), and whatever path, symlink
-    // or working directory the program was started from: exec follows the
-    // magic link to the running image itself.
-    if cfg!(target_os = "linux") {
-        Ok("/proc/self/exe".into())
-    } else {
-        std::env::current_exe()
-    }
-}
-
 impl Launcher for LocalLauncher {
     fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched> {
         // All ends are close-on-exec; only the child's own four are made
@@ -123,7 +111,7 @@ impl Launcher for LocalLauncher {
         let parent = rustix::process::getpid();
         let memory_limit = spec.memory_limit;
         let nice = spec.nice;
-        let mut cmd = Command::new(executable()?);
+        let mut cmd = Command::new(crate::image::program()?);
         cmd.env(worker::ENV_VAR, env).stdin(Stdio::null());
         // SAFETY: the closure runs in the forked child before exec and only
         // makes async-signal-safe system calls (fcntl, prctl, getppid).

@@ -110,6 +110,7 @@ impl Spec {
 // calls, so any program that can build a pool also links the worker entry.
 #[ctor::ctor(unsafe)]
 fn worker_entry() {
+    crate::image::remember_at_start();
     let Some(value) = std::env::var_os(ENV_VAR) else {
         return;
     };
