@@ -10,12 +10,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::ctx::{PoolCtx, SlotConfig};
 use super::init::InitJob;
 use super::job::Job;
 use super::launcher::LocalLauncher;
 use super::pool::ProcessPool;
 use super::start;
-use super::supervisor::{PoolCtx, SlotConfig};
 use crate::func_ref;
 use crate::stats::Counters;
 use crate::{worker, Error};
@@ -24,6 +24,31 @@ use crate::{TaskError, TrySpawnError};
 
 /// Default largest frame: 1 GiB (well inside the protocol's `u32` length).
 const DEFAULT_MAX_FRAME: u64 = 1 << 30;
+
+impl ProcessPool {
+    /// A pool of `workers` processes (`0` = one per available core), started
+    /// now. See [`builder`](Self::builder) for the options.
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// assert_eq!(pool.workers(), 2);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn new(workers: usize) -> Result<ProcessPool, Error> {
+        ProcessPool::builder().workers(workers).build()
+    }
+
+    /// A builder with every option at its default.
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::builder().workers(1).max_queue(100).build()?;
+    /// assert_eq!(pool.workers(), 1);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn builder() -> ProcessPoolBuilder {
+        ProcessPoolBuilder::default()
+    }
+}
 
 /// Options for a [`ProcessPool`]: everything a long-running service needs.
 ///

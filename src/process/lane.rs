@@ -55,8 +55,8 @@ use std::sync::Mutex;
 use rustix::event::{poll, PollFd, PollFlags};
 use tokio::sync::Notify;
 
+use super::ctx::PoolCtx;
 use super::job::Job;
-use super::supervisor::PoolCtx;
 use crate::stats::Counters;
 use crate::wire::{self, FromWorker, Status};
 
@@ -447,7 +447,7 @@ fn exchange(
 
 /// How long part of a reply may sit unfinished: a healthy worker writes a
 /// frame in one go (the supervisor applies the same bound to its stream).
-const STALLED_FRAME: std::time::Duration = super::supervisor::STALLED_FRAME;
+const STALLED_FRAME: std::time::Duration = super::ctx::STALLED_FRAME;
 
 /// Waits until the reply pipe has bytes (or end of file): `Ok(true)`; or
 /// `Ok(false)` after `limit`. The worker's exit ends the wait with

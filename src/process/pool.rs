@@ -13,15 +13,16 @@ use serde::Serialize;
 
 use futures::Stream;
 
-use super::builder::ProcessPoolBuilder;
+use super::ctx::PoolCtx;
 use super::job::{self, Frame, Job};
 use super::lane;
-use super::supervisor::PoolCtx;
 use crate::func_ref::FnRef;
 use crate::map::{Map, MapIter, ProcessChunks};
 use crate::stats::PoolStats;
 use crate::task::{CancelHook, Shared};
-use crate::{wire, CodecStage, Error, Task, TaskError, TrySpawnError};
+#[cfg(doc)]
+use crate::ProcessPoolBuilder;
+use crate::{wire, CodecStage, Task, TaskError, TrySpawnError};
 
 /// A pool of worker processes running `fn(A) -> R` calls.
 ///
@@ -104,29 +105,6 @@ impl std::fmt::Debug for ProcessPool {
 }
 
 impl ProcessPool {
-    /// A pool of `workers` processes (`0` = one per available core), started
-    /// now. See [`builder`](Self::builder) for the options.
-    ///
-    /// ```
-    /// let pool = procpool::ProcessPool::new(2)?;
-    /// assert_eq!(pool.workers(), 2);
-    /// # Ok::<(), procpool::Error>(())
-    /// ```
-    pub fn new(workers: usize) -> Result<ProcessPool, Error> {
-        ProcessPool::builder().workers(workers).build()
-    }
-
-    /// A builder with every option at its default.
-    ///
-    /// ```
-    /// let pool = procpool::ProcessPool::builder().workers(1).max_queue(100).build()?;
-    /// assert_eq!(pool.workers(), 1);
-    /// # Ok::<(), procpool::Error>(())
-    /// ```
-    pub fn builder() -> ProcessPoolBuilder {
-        ProcessPoolBuilder::default()
-    }
-
     /// Number of worker processes (for an elastic pool, the most it runs at
     /// once).
     ///

@@ -2,13 +2,14 @@
 //! runtime it drives, one [`supervise`] task per slot on it, and the wait
 //! until the eager slots' first workers are ready. Called by
 //! [`build`](super::ProcessPoolBuilder::build); the slots themselves are in
-//! [`super::supervisor`].
+//! [`super::slot`].
 
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use super::ctx::PoolCtx;
 use super::job::Job;
-use super::supervisor::{supervise, PoolCtx};
+use super::slot::supervise;
 use crate::Error;
 
 /// Starts the supervisor thread and waits until every slot reported its first

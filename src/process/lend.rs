@@ -1,0 +1,118 @@
+//! The supervisor's side of the direct lane: while its worker is idle, a
+//! slot lends it to `apply_blocking` callers (see [`super::lane`]) and
+//! watches for whatever needs it back.
+
+use std::sync::atomic::Ordering;
+
+use super::ctx::PoolCtx;
+use super::job::Job;
+use super::lane::Settled;
+use super::worker::{exit_of, sleep_or_never, Worker};
+
+/// Why a worker stopped being lent out.
+pub(crate) enum Lent {
+    /// The pool is terminating.
+    Stop,
+    /// A borrower gave the worker back for the supervisor to look at.
+    GivenBack,
+    /// The result pipe has something (or closed).
+    Readable,
+    /// A job came from the queue.
+    Job(Job),
+    /// The queue closed.
+    QueueClosed,
+    /// The worker was idle for the pool's idle timeout.
+    IdleTimeout,
+    /// The worker process exited.
+    Exited,
+}
+
+impl Worker {
+    /// Lends this idle worker to `apply_blocking` callers (see
+    /// [`lane`](super::lane)) until something needs the supervisor: a queued
+    /// job, the queue closing, the pool stopping, the result pipe stirring (an
+    /// idle worker's death), the idle timeout, or a borrower giving the
+    /// worker back. The lane is closed again, with no borrower, on return.
+    pub(crate) async fn lend(
+        &mut self,
+        ctx: &PoolCtx,
+        idx: usize,
+        next_seq: u64,
+        budget: u64,
+    ) -> (Lent, Settled) {
+        use std::os::fd::AsRawFd;
+        let lane = &ctx.lanes[idx];
+        let replies = self.replies.as_ref().expect("lending needs a reply pipe");
+        let exited = self
+            .exited
+            .as_ref()
+            .map_or(-1, |fd| fd.get_ref().as_raw_fd());
+        lane.open(
+            [self.tx.as_raw_fd(), replies.as_raw_fd(), exited],
+            self.pid,
+            next_seq,
+            budget,
+        );
+        let idle_timer = ctx.config.idle_timeout.filter(|_| ctx.elastic());
+        let mut listen = true;
+        let lent = loop {
+            let uses = lane.uses();
+            tokio::select! {
+                biased;
+                _ = ctx.stop.recv() => break Lent::Stop,
+                _ = lane.borrower_done() => {
+                    if lane.is_closed() {
+                        break Lent::GivenBack;
+                    }
+                    listen = true; // a watched borrow ended
+                }
+                _ = self.rx.readable() => break Lent::Readable,
+                _ = exit_of(&self.exited) => break Lent::Exited,
+                job = ctx.queue.recv(), if listen => match job {
+                    Err(_) => break Lent::QueueClosed,
+                    Ok(job) if lane.try_close() => break Lent::Job(job),
+                    // Lent out, maybe for long: let a free worker have the
+                    // job instead of holding it here, and stop taking jobs
+                    // until the borrow ends (the borrower hands the worker
+                    // back if any are still waiting then).
+                    Ok(job) => match ctx.requeue.try_send(job) {
+                        Ok(()) => {
+                            listen = !lane.watch();
+                            // A lent worker is not idle: an elastic pool may
+                            // start one for this job.
+                            if ctx.elastic() && ctx.idle.load(Ordering::Acquire) == 0 {
+                                ctx.demand.notify_one();
+                            }
+                        }
+                        Err(e) => break Lent::Job(e.into_inner()),
+                    },
+                },
+                _ = sleep_or_never(idle_timer) => {
+                    // Idle means unused for the whole timeout, lent or not.
+                    if lane.uses() == uses && !lane.is_lent() {
+                        break Lent::IdleTimeout;
+                    }
+                }
+            }
+        };
+        if matches!(lent, Lent::Stop) && !lane.reclaim() {
+            // Terminating: end the borrower's wait by ending the worker.
+            if let Some(process) = self.process.as_mut() {
+                process.kill();
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = lane.given_back() => {}
+            // A borrower's task may run long: terminating must not wait.
+            _ = ctx.stop.recv(), if !matches!(lent, Lent::Stop) => {
+                if let Some(process) = self.process.as_mut() {
+                    process.kill();
+                }
+                lane.given_back().await;
+                return (Lent::Stop, lane.settle());
+            }
+        }
+        (lent, lane.settle())
+    }
+}
