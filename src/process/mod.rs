@@ -2,6 +2,7 @@
 
 mod builder;
 mod ctx;
+mod direct;
 mod init;
 mod job;
 mod lane;

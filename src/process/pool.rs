@@ -2,7 +2,7 @@
 //!
 //! `spawn` (and every method built on it) serialises the call into a [`Job`]
 //! and puts it on the queue (or, for `apply_blocking`, first tries the
-//! [direct lane](super::lane)); the rest of the path (supervisor, worker,
+//! [direct lane](super::direct)); the rest of the path (supervisor, worker,
 //! result) is in the modules below it, see the [module overview](super).
 
 use std::sync::atomic::Ordering;
@@ -14,8 +14,8 @@ use serde::Serialize;
 use futures::Stream;
 
 use super::ctx::PoolCtx;
+use super::direct;
 use super::job::{self, Frame, Job};
-use super::lane;
 use crate::func_ref::FnRef;
 use crate::map::{Map, MapIter, ProcessChunks};
 use crate::stats::PoolStats;
@@ -421,7 +421,7 @@ impl ProcessPool {
                 task
             }
             Ok((job, task)) => {
-                if let Err(job) = lane::run(&self.handle.ctx, job) {
+                if let Err(job) = direct::run(&self.handle.ctx, job) {
                     self.enqueue(job);
                 }
                 task
