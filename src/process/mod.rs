@@ -3,6 +3,7 @@
 mod builder;
 mod ctx;
 mod direct;
+mod ending;
 mod init;
 mod job;
 mod lane;

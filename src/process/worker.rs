@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::pipe;
 
 use super::ctx::PoolCtx;
+use super::init::InitJob;
 use super::job::Job;
 use super::launcher::{ExitInfo, LaunchSpec, WorkerProcess};
 use crate::stats::Counters;
@@ -103,8 +104,17 @@ impl Worker {
 
     /// Reads the worker's HELLO, then runs the initializer, if any.
     async fn greet(&mut self, ctx: &PoolCtx) -> Result<(), Error> {
-        let pid = self.pid;
         let max = ctx.config.max_frame;
+        self.hello(max).await?;
+        match &ctx.config.init {
+            Some(init) => self.initialize(init, max).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the worker's HELLO (or its refusal).
+    async fn hello(&mut self, max: u64) -> Result<(), Error> {
+        let pid = self.pid;
         let body = self.read_frame(max).await;
         match body.as_ref().map(|b| b.as_deref().map(FromWorker::decode)) {
             Ok(Some(Ok(FromWorker::Hello { .. }))) => {}
@@ -125,9 +135,12 @@ impl Worker {
             }
             Err(e) => return Err(handshake(pid, &e.to_string())),
         }
-        let Some(init) = &ctx.config.init else {
-            return Ok(());
-        };
+        Ok(())
+    }
+
+    /// Runs the pool's initializer in the worker.
+    async fn initialize(&mut self, init: &InitJob, max: u64) -> Result<(), Error> {
+        let pid = self.pid;
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut out = Vec::new();
@@ -224,7 +237,6 @@ impl Worker {
         inflight: &mut VecDeque<InFlight>,
     ) -> Result<(), String> {
         let max = ctx.config.max_frame;
-        let counters = &ctx.counters;
         let mut pos = 0;
         let outcome = loop {
             let (body, used) = match wire::split_frame(&self.inbuf[pos..], max) {
@@ -241,53 +253,63 @@ impl Worker {
                 Ok(m) => m,
                 Err(e) => break Err(e.to_string()),
             };
-            let FromWorker::Result {
-                seq,
-                next,
-                seen,
-                nanos,
-                status,
-                payload,
-            } = message
-            else {
-                break Err("unexpected message after the handshake".into());
-            };
-            // Jobs before `seq` can only have been skipped, which the worker
-            // does only for cancelled ones.
-            if let Err(e) = pop_skipped(ctx, inflight, |s| s < seq) {
-                break Err(e);
-            }
-            if inflight.front().map(|e| e.seq) != Some(seq) {
-                break Err(format!("result for job {seq}, which it was not running"));
-            }
-            match inflight.pop_front() {
-                Some(entry) => {
-                    counters.running.fetch_sub(1, Ordering::Relaxed);
-                    ctx.finished(&entry.job, status, nanos);
-                    entry.job.slot.deliver(status, payload, self.pid);
-                }
-                None => unreachable!("checked above"),
-            }
-            // Now learn which job the worker runs next.
-            let skipped = if next != 0 {
-                pop_skipped(ctx, inflight, |s| s < next).and_then(|()| match inflight.front() {
-                    Some(f) if f.seq == next => Ok(()),
-                    _ => Err(format!(
-                        "worker names job {next} as next, which it was not sent"
-                    )),
-                })
-            } else {
-                // Idle: every job it has seen is done or skipped; the first one
-                // it has not seen starts as soon as it is read.
-                pop_skipped(ctx, inflight, |s| s <= seen)
-            };
-            if let Err(e) = skipped {
+            if let Err(e) = self.settle(ctx, inflight, message) {
                 break Err(e);
             }
         };
         self.inbuf.drain(..pos);
         self.keeper.after_use(&mut self.inbuf, pos);
         outcome
+    }
+
+    /// Settles the job a result message answers, and any the worker says it
+    /// skipped.
+    fn settle(
+        &self,
+        ctx: &PoolCtx,
+        inflight: &mut VecDeque<InFlight>,
+        message: FromWorker<'_>,
+    ) -> Result<(), String> {
+        let counters = &ctx.counters;
+        let FromWorker::Result {
+            seq,
+            next,
+            seen,
+            nanos,
+            status,
+            payload,
+        } = message
+        else {
+            return Err("unexpected message after the handshake".into());
+        };
+        // Jobs before `seq` can only have been skipped, which the worker
+        // does only for cancelled ones.
+        pop_skipped(ctx, inflight, |s| s < seq)?;
+        if inflight.front().map(|e| e.seq) != Some(seq) {
+            return Err(format!("result for job {seq}, which it was not running"));
+        }
+        match inflight.pop_front() {
+            Some(entry) => {
+                counters.running.fetch_sub(1, Ordering::Relaxed);
+                ctx.finished(&entry.job, status, nanos);
+                entry.job.slot.deliver(status, payload, self.pid);
+            }
+            None => unreachable!("checked above"),
+        }
+        // Now learn which job the worker runs next.
+        let skipped = if next != 0 {
+            pop_skipped(ctx, inflight, |s| s < next).and_then(|()| match inflight.front() {
+                Some(f) if f.seq == next => Ok(()),
+                _ => Err(format!(
+                    "worker names job {next} as next, which it was not sent"
+                )),
+            })
+        } else {
+            // Idle: every job it has seen is done or skipped; the first one
+            // it has not seen starts as soon as it is read.
+            pop_skipped(ctx, inflight, |s| s <= seen)
+        };
+        skipped
     }
 }
 
