@@ -1,4 +1,45 @@
 //! [`ProcessPool`]: run functions in worker processes.
+//!
+//! # How a task travels
+//!
+//! 1. [`pool`]: `spawn` (and every method built on it) serialises the call
+//!    into a [`job::Job`] and puts it on the pool's queue, a channel that all
+//!    slots share through the [`ctx::PoolCtx`]. (The pool was made by the
+//!    [`builder`], which had [`start`] run the supervisor thread.)
+//! 2. [`slot`]: each worker slot, a task on the supervisor thread, keeps one
+//!    [`worker::Worker`] running: it starts it, lets it serve, and replaces
+//!    it when it dies or is recycled.
+//! 3. [`serve`]: the worker's event loop takes the job from the queue, writes
+//!    it to the worker's pipe (through the [`outbox`]), and reads the result
+//!    frame, which [`worker`] matches to the job and delivers to its task;
+//!    [`ending`] decides what happens when the worker goes away.
+//! 4. The worker process itself is `crate::worker`, re-executed by the
+//!    [`launcher`]; the [`init`]ialiser runs in it before the first job.
+//!
+//! `apply_blocking` may skip the queue: [`direct`] borrows an idle worker
+//! through its [`lane`] (a small state machine) and talks to its pipes from
+//! the caller's thread, while the slot's supervisor waits in [`lend`].
+//!
+//! # Module dependencies
+//!
+//! The modules import each other only downwards (`a -> b`: `a` uses `b`):
+//!
+//! ```text
+//! builder -> pool, start, ctx, init, job, launcher
+//! pool    -> direct, ctx, job
+//! start   -> slot, ctx, job
+//! slot    -> serve, ending, worker, ctx, job
+//! serve   -> lend, ending, worker, outbox, ctx, lane, job
+//! lend    -> worker, ctx, lane, job
+//! ending  -> worker, ctx, launcher, job
+//! worker  -> ctx, init, launcher, job
+//! direct  -> ctx, lane, job
+//! ctx     -> lane, init, launcher, job
+//! lane    -> job
+//! outbox  -> job
+//! ```
+//!
+//! `init`, `job` and `launcher` import no other module of this one.
 
 mod builder;
 mod ctx;

@@ -297,7 +297,7 @@ impl Worker {
             None => unreachable!("checked above"),
         }
         // Now learn which job the worker runs next.
-        let skipped = if next != 0 {
+        if next != 0 {
             pop_skipped(ctx, inflight, |s| s < next).and_then(|()| match inflight.front() {
                 Some(f) if f.seq == next => Ok(()),
                 _ => Err(format!(
@@ -308,8 +308,7 @@ impl Worker {
             // Idle: every job it has seen is done or skipped; the first one
             // it has not seen starts as soon as it is read.
             pop_skipped(ctx, inflight, |s| s <= seen)
-        };
-        skipped
+        }
     }
 }
 
