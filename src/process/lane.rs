@@ -1,13 +1,7 @@
-//! The direct lane: a plain thread in
-//! [`apply_blocking`](crate::ProcessPool::apply_blocking) borrows an idle
-//! worker and talks to its pipes itself.
-//!
-//! Through the queue, one call crosses threads four times (caller →
-//! supervisor → worker → supervisor → caller), and each crossing is a
-//! wake-up: on small machines, most of a small task's cost. A caller that
-//! borrows an idle worker writes the `JOB_DIRECT` frame itself and blocks
-//! reading the worker's reply pipe: two crossings, like a bare pipe
-//! ping-pong.
+//! The direct lane's state machine: who owns an idle worker's pipes, its
+//! supervisor (see [`super::lend`]) or a thread in
+//! [`apply_blocking`](crate::ProcessPool::apply_blocking) that borrowed it
+//! (see [`super::direct`], which also says why the lane exists).
 //!
 //! # Who may touch the worker
 //!
@@ -46,19 +40,13 @@
 //! matters when a task forked without exec: the child holds the reply pipe
 //! open, so its end of file would never come.
 
-use std::cell::RefCell;
-use std::ops::Range;
-use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rustix::event::{poll, PollFd, PollFlags};
 use tokio::sync::Notify;
 
 use super::job::Job;
-use super::supervisor::PoolCtx;
-use crate::stats::Counters;
-use crate::wire::{self, FromWorker, Status};
 
 const CLOSED: u32 = 0;
 const OPEN: u32 = 1;
@@ -88,6 +76,17 @@ pub(crate) struct Lane {
     done: AtomicU64,
     /// A job whose worker failed, handed back for the supervisor to settle.
     handback: Mutex<Option<Handback>>,
+}
+
+/// The lent worker, as the borrower sees it (see [`Lane::loan`]).
+pub(crate) struct Loan {
+    pub(crate) job_fd: RawFd,
+    pub(crate) reply_fd: RawFd,
+    /// The worker's pidfd, or -1.
+    pub(crate) pid_fd: RawFd,
+    pub(crate) pid: u32,
+    /// Sequence number for the borrower's job.
+    pub(crate) seq: u64,
 }
 
 /// A direct job that did not get an answer.
@@ -246,16 +245,44 @@ impl Lane {
 
     // --- the borrower's side --------------------------------------------------
 
-    fn try_borrow(&self) -> bool {
+    /// Takes an open lane (`true`); `false` if it is closed or lent.
+    pub(crate) fn try_borrow(&self) -> bool {
         self.state
             .compare_exchange(OPEN, LENT, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
     }
 
+    /// What the borrower needs of the lent worker. Only while borrowed.
+    pub(crate) fn loan(&self) -> Loan {
+        Loan {
+            job_fd: self.job_fd.load(Ordering::Relaxed),
+            reply_fd: self.reply_fd.load(Ordering::Relaxed),
+            pid_fd: self.pid_fd.load(Ordering::Relaxed),
+            pid: self.pid.load(Ordering::Relaxed),
+            seq: self.seq.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Job `seq` was answered: the next one is `seq + 1`.
+    pub(crate) fn answered(&self, seq: u64) {
+        self.seq.store(seq + 1, Ordering::Relaxed);
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Spends one job of the worker's budget: `true` while some is left.
+    pub(crate) fn spend(&self) -> bool {
+        self.budget.fetch_sub(1, Ordering::Relaxed) > 1
+    }
+
+    /// Leaves a job whose worker failed for the supervisor to settle.
+    pub(crate) fn hand_back(&self, back: Handback) {
+        *self.handback.lock().unwrap_or_else(|e| e.into_inner()) = Some(back);
+    }
+
     /// Ends a borrow: reopens the lane when `reopen` and the supervisor does
     /// not want the worker back (telling it if it watches), or closes it and
     /// wakes the supervisor.
-    fn give_back(&self, reopen: bool) {
+    pub(crate) fn give_back(&self, reopen: bool) {
         let mut state = self.state.load(Ordering::Relaxed);
         let tell = loop {
             let (next, tell) = if reopen && state & WANTED == 0 {
@@ -275,250 +302,4 @@ impl Lane {
             self.back.notify_one();
         }
     }
-}
-
-/// Picks the lane a borrower tries first, so concurrent callers spread out.
-static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// A borrower's read buffer, kept between calls.
-    static REPLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `job` on an idle worker, from this thread, if a worker is free and no
-/// task is waiting in the queue (a borrower must not overtake those). Only
-/// small frames go this way: a large one streams through the pipe for long,
-/// and its bytes are better shared than copied (the queue's path). When it
-/// returns `Ok`, the job's task is settled, or its job was handed back to the
-/// supervisor, which settles it; `Err` gives the job back untouched.
-pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
-    let lanes = &ctx.lanes;
-    if lanes.is_empty() || !ctx.queue.is_empty() || !job.frame.is_small() {
-        return Err(job);
-    }
-    let first = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
-    let Some(idx) = (0..lanes.len())
-        .map(|i| (first + i) % lanes.len())
-        .find(|&i| lanes[i].try_borrow())
-    else {
-        return Err(job);
-    };
-    let mut borrow = Borrow::new(ctx, idx);
-    let lane = borrow.lane;
-    if !job.slot.try_start(idx) {
-        // Cancelled already: there is nothing to run (dropping the job is all).
-        borrow.end(true);
-        return Ok(());
-    }
-    let seq = lane.seq.load(Ordering::Relaxed);
-    let pid = lane.pid.load(Ordering::Relaxed);
-    wire::set_job_seq(job.frame.bytes_mut(), seq, true);
-    Counters::bump(&ctx.counters.running);
-    // SAFETY: the supervisor keeps these descriptors open while the lane is
-    // open or lent, and it is lent to this thread until `borrow` ends.
-    let fds = unsafe {
-        let pid_fd = lane.pid_fd.load(Ordering::Relaxed);
-        WorkerFds {
-            job: BorrowedFd::borrow_raw(lane.job_fd.load(Ordering::Relaxed)),
-            reply: BorrowedFd::borrow_raw(lane.reply_fd.load(Ordering::Relaxed)),
-            exited: (pid_fd >= 0).then(|| BorrowedFd::borrow_raw(pid_fd)),
-        }
-    };
-    let max = ctx.config.max_frame;
-    REPLY.with(|cell| {
-        let mut guard = cell.try_borrow_mut();
-        let mut fresh = Vec::new();
-        // Re-entrance is impossible (nothing here calls back into a pool),
-        // but a fresh buffer keeps that an efficiency question only.
-        let buf = guard.as_deref_mut().unwrap_or(&mut fresh);
-        let reply = exchange(&fds, job.frame.bytes(), buf, max)
-            .and_then(|body| check(&buf[body.clone()], seq).map(|r| (body, r)));
-        match reply {
-            Ok((body, (status, nanos, payload))) => {
-                lane.seq.store(seq + 1, Ordering::Relaxed);
-                lane.done.fetch_add(1, Ordering::Relaxed);
-                ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
-                ctx.finished(&job, status, nanos);
-                // Tasks waiting in the queue: the supervisor serves them next.
-                let more = lane.budget.fetch_sub(1, Ordering::Relaxed) > 1 && ctx.queue.is_empty();
-                borrow.end(more);
-                // The worker is back before the result type's own code runs.
-                let payload = body.start + payload.start..body.start + payload.end;
-                job.slot.deliver(status, &buf[payload], pid);
-            }
-            Err(failure) => {
-                *lane.handback.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Handback { seq, job, failure });
-                borrow.end(false);
-            }
-        }
-        // A large result's buffer is not kept for the next small one.
-        if buf.capacity() > 1 << 20 {
-            *buf = Vec::new();
-        }
-    });
-    Ok(())
-}
-
-/// A lent lane, from the borrower's side. While the worker is lent it does not
-/// count as idle (so an elastic pool grows for queued work meanwhile), and if
-/// the borrower unwinds the lane is given back closed rather than lost.
-struct Borrow<'a> {
-    ctx: &'a PoolCtx,
-    lane: &'a Lane,
-    ended: bool,
-}
-
-impl<'a> Borrow<'a> {
-    fn new(ctx: &'a PoolCtx, idx: usize) -> Self {
-        ctx.idle.fetch_sub(1, Ordering::AcqRel);
-        Borrow {
-            ctx,
-            lane: &ctx.lanes[idx],
-            ended: false,
-        }
-    }
-
-    /// Gives the worker back (see [`Lane::give_back`]).
-    fn end(&mut self, reopen: bool) {
-        self.ended = true;
-        self.ctx.idle.fetch_add(1, Ordering::AcqRel);
-        self.lane.give_back(reopen);
-    }
-}
-
-impl Drop for Borrow<'_> {
-    fn drop(&mut self) {
-        if !self.ended {
-            // Only a bug in this module can get here; the worker may hold a
-            // half-finished exchange, which the supervisor sees as a protocol
-            // error on the next use.
-            self.end(false);
-        }
-    }
-}
-
-/// The borrowed worker's descriptors.
-struct WorkerFds<'a> {
-    job: BorrowedFd<'a>,
-    reply: BorrowedFd<'a>,
-    /// Readable once the worker process has exited (a pidfd, where the
-    /// platform has them).
-    exited: Option<BorrowedFd<'a>>,
-}
-
-/// Writes the job frame and reads back one whole frame; returns the body's
-/// range in `buf`.
-fn exchange(
-    fds: &WorkerFds<'_>,
-    frame: &[u8],
-    buf: &mut Vec<u8>,
-    max: u64,
-) -> Result<Range<usize>, Failure> {
-    write_all(fds.job, frame).map_err(|_| Failure::Died)?;
-    buf.clear();
-    loop {
-        match wire::split_frame(buf, max) {
-            Ok(Some((body, used))) if used == buf.len() => return Ok(body),
-            Ok(Some(_)) => return Err(protocol("bytes after the result of a direct job")),
-            Ok(None) => wire::check_from_worker_tag(buf).map_err(|e| protocol(e.to_string()))?,
-            Err(e) => return Err(protocol(e.to_string())),
-        }
-        let want = wire::missing_bytes(buf)
-            .filter(|&n| n as u64 <= max)
-            .unwrap_or(0)
-            .max(4096);
-        buf.reserve(want);
-        // The task may run for long; part of a frame may not.
-        let limit = (!buf.is_empty()).then_some(STALLED_FRAME);
-        if !wait_for_reply(fds, limit)? {
-            return Err(protocol(format!(
-                "an incomplete frame ({} bytes) made no progress for {STALLED_FRAME:?}",
-                buf.len()
-            )));
-        }
-        match rustix::io::read(fds.reply, rustix::buffer::spare_capacity(buf)) {
-            Ok(0) => return Err(Failure::Died),
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return Err(Failure::Died),
-        }
-    }
-}
-
-/// How long part of a reply may sit unfinished: a healthy worker writes a
-/// frame in one go (the supervisor applies the same bound to its stream).
-const STALLED_FRAME: std::time::Duration = super::supervisor::STALLED_FRAME;
-
-/// Waits until the reply pipe has bytes (or end of file): `Ok(true)`; or
-/// `Ok(false)` after `limit`. The worker's exit ends the wait with
-/// `Failure::Died` even when the pipe stays open, because a process the task
-/// forked without exec holds its write end.
-fn wait_for_reply(
-    fds: &WorkerFds<'_>,
-    limit: Option<std::time::Duration>,
-) -> Result<bool, Failure> {
-    let deadline = limit.map(|l| std::time::Instant::now() + l);
-    loop {
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let timeout = left.map(|l| rustix::event::Timespec::try_from(l).unwrap_or_default());
-        let mut polled = [
-            PollFd::new(&fds.reply, PollFlags::IN),
-            PollFd::new(fds.exited.as_ref().unwrap_or(&fds.reply), PollFlags::IN),
-        ];
-        match poll(&mut polled, timeout.as_ref()) {
-            Ok(_) if !polled[0].revents().is_empty() => return Ok(true),
-            Ok(_) if fds.exited.is_some() && !polled[1].revents().is_empty() => {
-                return Err(Failure::Died)
-            }
-            Ok(0) if left.is_some_and(|l| l.is_zero()) => return Ok(false),
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return Err(Failure::Died),
-        }
-    }
-}
-
-/// Writes all of `bytes` to the (non-blocking) job pipe.
-fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
-    while !bytes.is_empty() {
-        match rustix::io::write(fd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(rustix::io::Errno::AGAIN) => {
-                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
-                match poll(&mut fds, None) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Checks that `body` is the result of job `seq`; returns its status, run
-/// time and the payload's range within `body`.
-fn check(body: &[u8], seq: u64) -> Result<(Status, u64, Range<usize>), Failure> {
-    match FromWorker::decode(body) {
-        Ok(FromWorker::Result {
-            seq: got,
-            next: 0,
-            nanos,
-            status,
-            payload,
-            ..
-        }) if got == seq => {
-            let start = body.len() - payload.len();
-            Ok((status, nanos, start..body.len()))
-        }
-        Ok(FromWorker::Result { seq: got, .. }) => Err(protocol(format!(
-            "result for job {got}, which it was not running"
-        ))),
-        Ok(_) => Err(protocol("unexpected message after the handshake")),
-        Err(e) => Err(protocol(e.to_string())),
-    }
-}
-
-fn protocol(message: impl Into<String>) -> Failure {
-    Failure::Protocol(message.into())
 }

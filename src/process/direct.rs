@@ -1,0 +1,278 @@
+//! The borrower's side of the direct lane: a plain thread in
+//! [`apply_blocking`](crate::ProcessPool::apply_blocking) borrows an idle
+//! worker's [`Lane`] and talks to its pipes itself.
+//!
+//! Through the queue, one call crosses threads four times (caller →
+//! supervisor → worker → supervisor → caller), and each crossing is a
+//! wake-up: on small machines, most of a small task's cost. A caller that
+//! borrows an idle worker writes the `JOB_DIRECT` frame itself and blocks
+//! reading the worker's reply pipe: two crossings, like a bare pipe
+//! ping-pong. Who may touch the worker when, and what happens on a failure,
+//! is the lane's state machine (see [`super::lane`]); the supervisor's side
+//! is [`super::lend`].
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::event::{poll, PollFd, PollFlags};
+
+use super::ctx::{PoolCtx, STALLED_FRAME};
+use super::job::Job;
+use super::lane::{Failure, Handback, Lane};
+use crate::stats::Counters;
+use crate::wire::{self, FromWorker, Status};
+
+/// Picks the lane a borrower tries first, so concurrent callers spread out.
+static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// A borrower's read buffer, kept between calls.
+    static REPLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `job` on an idle worker, from this thread, if a worker is free and no
+/// task is waiting in the queue (a borrower must not overtake those). Only
+/// small frames go this way: a large one streams through the pipe for long,
+/// and its bytes are better shared than copied (the queue's path). When it
+/// returns `Ok`, the job's task is settled, or its job was handed back to the
+/// supervisor, which settles it; `Err` gives the job back untouched.
+pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
+    if ctx.lanes.is_empty() || !ctx.queue.is_empty() || !job.frame.is_small() {
+        return Err(job);
+    }
+    let Some(idx) = borrow_any(&ctx.lanes) else {
+        return Err(job);
+    };
+    let mut borrow = Borrow::new(ctx, idx);
+    if !job.slot.try_start(idx) {
+        // Cancelled already: there is nothing to run (dropping the job is all).
+        borrow.end(true);
+        return Ok(());
+    }
+    let loan = borrow.lane.loan();
+    wire::set_job_seq(job.frame.bytes_mut(), loan.seq, true);
+    Counters::bump(&ctx.counters.running);
+    // SAFETY: the supervisor keeps these descriptors open while the lane is
+    // open or lent, and it is lent to this thread until `borrow` ends.
+    let fds = unsafe {
+        WorkerFds {
+            job: BorrowedFd::borrow_raw(loan.job_fd),
+            reply: BorrowedFd::borrow_raw(loan.reply_fd),
+            exited: (loan.pid_fd >= 0).then(|| BorrowedFd::borrow_raw(loan.pid_fd)),
+        }
+    };
+    REPLY.with(|cell| {
+        let mut guard = cell.try_borrow_mut();
+        let mut fresh = Vec::new();
+        // Re-entrance is impossible (nothing here calls back into a pool),
+        // but a fresh buffer keeps that an efficiency question only.
+        let buf = guard.as_deref_mut().unwrap_or(&mut fresh);
+        run_on(borrow, &fds, job, (loan.seq, loan.pid), buf);
+        // A large result's buffer is not kept for the next small one.
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+    });
+    Ok(())
+}
+
+/// Borrows the first open lane, starting from a different one each call.
+fn borrow_any(lanes: &[Lane]) -> Option<usize> {
+    let first = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
+    (0..lanes.len())
+        .map(|i| (first + i) % lanes.len())
+        .find(|&i| lanes[i].try_borrow())
+}
+
+/// Sends job `seq` (already started) to the borrowed worker `pid` and settles
+/// it with the reply, or hands it back to the supervisor on a failure; the
+/// lane is given back either way.
+fn run_on(
+    mut borrow: Borrow<'_>,
+    fds: &WorkerFds<'_>,
+    job: Job,
+    (seq, pid): (u64, u32),
+    buf: &mut Vec<u8>,
+) {
+    let (ctx, lane) = (borrow.ctx, borrow.lane);
+    let reply = exchange(fds, job.frame.bytes(), buf, ctx.config.max_frame)
+        .and_then(|body| check(&buf[body.clone()], seq).map(|r| (body, r)));
+    match reply {
+        Ok((body, (status, nanos, payload))) => {
+            lane.answered(seq);
+            ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
+            ctx.finished(&job, status, nanos);
+            // Tasks waiting in the queue: the supervisor serves them next.
+            let more = lane.spend() && ctx.queue.is_empty();
+            borrow.end(more);
+            // The worker is back before the result type's own code runs.
+            let payload = body.start + payload.start..body.start + payload.end;
+            job.slot.deliver(status, &buf[payload], pid);
+        }
+        Err(failure) => {
+            lane.hand_back(Handback { seq, job, failure });
+            borrow.end(false);
+        }
+    }
+}
+
+/// A lent lane, from the borrower's side. While the worker is lent it does not
+/// count as idle (so an elastic pool grows for queued work meanwhile), and if
+/// the borrower unwinds the lane is given back closed rather than lost.
+struct Borrow<'a> {
+    ctx: &'a PoolCtx,
+    lane: &'a Lane,
+    ended: bool,
+}
+
+impl<'a> Borrow<'a> {
+    fn new(ctx: &'a PoolCtx, idx: usize) -> Self {
+        ctx.idle.fetch_sub(1, Ordering::AcqRel);
+        Borrow {
+            ctx,
+            lane: &ctx.lanes[idx],
+            ended: false,
+        }
+    }
+
+    /// Gives the worker back (see [`Lane::give_back`]).
+    fn end(&mut self, reopen: bool) {
+        self.ended = true;
+        self.ctx.idle.fetch_add(1, Ordering::AcqRel);
+        self.lane.give_back(reopen);
+    }
+}
+
+impl Drop for Borrow<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Only a bug in this module can get here; the worker may hold a
+            // half-finished exchange, which the supervisor sees as a protocol
+            // error on the next use.
+            self.end(false);
+        }
+    }
+}
+
+/// The borrowed worker's descriptors.
+struct WorkerFds<'a> {
+    job: BorrowedFd<'a>,
+    reply: BorrowedFd<'a>,
+    /// Readable once the worker process has exited (a pidfd, where the
+    /// platform has them).
+    exited: Option<BorrowedFd<'a>>,
+}
+
+/// Writes the job frame and reads back one whole frame; returns the body's
+/// range in `buf`.
+fn exchange(
+    fds: &WorkerFds<'_>,
+    frame: &[u8],
+    buf: &mut Vec<u8>,
+    max: u64,
+) -> Result<Range<usize>, Failure> {
+    write_all(fds.job, frame).map_err(|_| Failure::Died)?;
+    buf.clear();
+    loop {
+        match wire::split_frame(buf, max) {
+            Ok(Some((body, used))) if used == buf.len() => return Ok(body),
+            Ok(Some(_)) => return Err(protocol("bytes after the result of a direct job")),
+            Ok(None) => wire::check_from_worker_tag(buf).map_err(|e| protocol(e.to_string()))?,
+            Err(e) => return Err(protocol(e.to_string())),
+        }
+        let want = wire::missing_bytes(buf)
+            .filter(|&n| n as u64 <= max)
+            .unwrap_or(0)
+            .max(4096);
+        buf.reserve(want);
+        // The task may run for long; part of a frame may not.
+        let limit = (!buf.is_empty()).then_some(STALLED_FRAME);
+        if !wait_for_reply(fds, limit)? {
+            return Err(protocol(format!(
+                "an incomplete frame ({} bytes) made no progress for {STALLED_FRAME:?}",
+                buf.len()
+            )));
+        }
+        match rustix::io::read(fds.reply, rustix::buffer::spare_capacity(buf)) {
+            Ok(0) => return Err(Failure::Died),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return Err(Failure::Died),
+        }
+    }
+}
+
+/// Waits until the reply pipe has bytes (or end of file): `Ok(true)`; or
+/// `Ok(false)` after `limit`. The worker's exit ends the wait with
+/// `Failure::Died` even when the pipe stays open, because a process the task
+/// forked without exec holds its write end.
+fn wait_for_reply(
+    fds: &WorkerFds<'_>,
+    limit: Option<std::time::Duration>,
+) -> Result<bool, Failure> {
+    let deadline = limit.map(|l| std::time::Instant::now() + l);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let timeout = left.map(|l| rustix::event::Timespec::try_from(l).unwrap_or_default());
+        let mut polled = [
+            PollFd::new(&fds.reply, PollFlags::IN),
+            PollFd::new(fds.exited.as_ref().unwrap_or(&fds.reply), PollFlags::IN),
+        ];
+        match poll(&mut polled, timeout.as_ref()) {
+            Ok(_) if !polled[0].revents().is_empty() => return Ok(true),
+            Ok(_) if fds.exited.is_some() && !polled[1].revents().is_empty() => {
+                return Err(Failure::Died)
+            }
+            Ok(0) if left.is_some_and(|l| l.is_zero()) => return Ok(false),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return Err(Failure::Died),
+        }
+    }
+}
+
+/// Writes all of `bytes` to the (non-blocking) job pipe.
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::AGAIN) => {
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                match poll(&mut fds, None) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `body` is the result of job `seq`; returns its status, run
+/// time and the payload's range within `body`.
+fn check(body: &[u8], seq: u64) -> Result<(Status, u64, Range<usize>), Failure> {
+    match FromWorker::decode(body) {
+        Ok(FromWorker::Result {
+            seq: got,
+            next: 0,
+            nanos,
+            status,
+            payload,
+            ..
+        }) if got == seq => {
+            let start = body.len() - payload.len();
+            Ok((status, nanos, start..body.len()))
+        }
+        Ok(FromWorker::Result { seq: got, .. }) => Err(protocol(format!(
+            "result for job {got}, which it was not running"
+        ))),
+        Ok(_) => Err(protocol("unexpected message after the handshake")),
+        Err(e) => Err(protocol(e.to_string())),
+    }
+}
+
+fn protocol(message: impl Into<String>) -> Failure {
+    Failure::Protocol(message.into())
+}

@@ -1,0 +1,384 @@
+//! The event loop of one live worker: [`Worker::serve`] sends it jobs from
+//! the queue (pipelined while the backlog is deep), reads its results, passes
+//! on cancellations, and lends it to the direct lane while it is idle (see
+//! [`super::lend`]). Every event (a job to send, a result to read, a
+//! cancellation, termination, the worker dying, an idle timeout) is one
+//! branch of a single `select!`; how the service ends is [`super::ending`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::ctx::{PoolCtx, STALLED_FRAME};
+use super::ending::{Ended, Retire, Stop};
+use super::job::Job;
+use super::lane::Failure;
+use super::lend::Lent;
+use super::outbox::Outbox;
+use super::worker::{exit_of, rss_bytes, sleep_or_never, InFlight, Worker};
+use crate::stats::Counters;
+use crate::wire;
+
+/// What the serve loop keeps about one worker's service.
+struct Service<'a> {
+    ctx: &'a PoolCtx,
+    idx: usize,
+    /// Sent and not yet answered, oldest first.
+    inflight: VecDeque<InFlight>,
+    out: Outbox,
+    queue_open: bool,
+    /// Jobs sent to this worker (recycling counts them).
+    sent: u64,
+    retiring: Option<Retire>,
+    /// Whether this worker is counted in `ctx.idle`.
+    was_idle: bool,
+    next_seq: u64,
+    /// A job taken from the queue while the worker was lent out.
+    pending: Option<Job>,
+    /// Whether the worker may be lent to the direct lane when idle.
+    lendable: bool,
+    /// Set right after the result pipe woke the lend: the loop must read it
+    /// before lending again.
+    skip_lend: bool,
+}
+
+impl Worker {
+    /// Feeds the worker until it dies, is killed, is retired, or the pool
+    /// closes. Jobs that were sent but never started are left in `carried` for
+    /// the next worker.
+    pub(crate) async fn serve(
+        mut self,
+        ctx: &PoolCtx,
+        idx: usize,
+        carried: &mut VecDeque<Job>,
+    ) -> Ended {
+        let mut service = Service::new(ctx, idx, &self);
+        for job in carried.drain(..) {
+            if !job.slot.is_cancelled() {
+                service.send(job);
+            }
+        }
+        let stop = loop {
+            if let Some(stop) = service.turn(&mut self).await {
+                break stop;
+            }
+        };
+        let inflight = service.wind_down(carried);
+        self.end(ctx, idx, stop, inflight, carried).await
+    }
+}
+
+impl<'a> Service<'a> {
+    fn new(ctx: &'a PoolCtx, idx: usize, worker: &Worker) -> Self {
+        Service {
+            ctx,
+            idx,
+            inflight: VecDeque::new(),
+            out: Outbox::default(),
+            queue_open: true,
+            sent: 0,
+            retiring: None,
+            was_idle: false,
+            next_seq: worker.next_seq,
+            pending: None,
+            lendable: worker.replies.is_some() && ctx.config.max_memory.is_none(),
+            skip_lend: false,
+        }
+    }
+
+    /// Sends `job` (queued behind what is already being written).
+    fn send(&mut self, mut job: Job) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        wire::set_job_seq(job.frame.bytes_mut(), seq, false);
+        self.out.push_frame(&job.frame);
+        Counters::bump(&self.ctx.counters.running);
+        self.inflight.push_back(InFlight {
+            seq,
+            job,
+            cancel_sent: false,
+        });
+        self.sent += 1;
+    }
+
+    /// One turn of the loop: lend the idle worker out, or wait for one event.
+    /// `Some` when the service is over.
+    async fn turn(&mut self, worker: &mut Worker) -> Option<Stop> {
+        let writing = !self.out.is_empty();
+        let idle = self.inflight.is_empty();
+        self.count_idle(idle);
+        let ctx = self.ctx;
+        let cfg = &ctx.config;
+        if self.retiring.is_none() && cfg.max_tasks.is_some_and(|m| self.sent >= m) {
+            self.retiring = Some(Retire::MaxTasks);
+        }
+        if idle && !writing {
+            if !self.queue_open && self.pending.is_none() {
+                return Some(Stop::Drained);
+            }
+            // (A pending job goes to the slot's next worker.)
+            if let Some(why) = self.retiring {
+                return Some(Stop::Retire(why));
+            }
+        }
+        if idle
+            && !writing
+            && self.pending.is_none()
+            && self.lendable
+            && !std::mem::take(&mut self.skip_lend)
+        {
+            return self.lend_out(worker).await;
+        }
+        self.wait_for_event(worker, idle, writing).await
+    }
+
+    /// Keeps `ctx.idle` counting this worker exactly while it is idle.
+    fn count_idle(&mut self, idle: bool) {
+        if idle != self.was_idle {
+            if idle {
+                self.ctx.idle.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.ctx.idle.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.was_idle = idle;
+        }
+    }
+
+    /// Lends the idle worker to the direct lane until the supervisor needs it
+    /// back, then takes over what happened meanwhile.
+    async fn lend_out(&mut self, worker: &mut Worker) -> Option<Stop> {
+        let budget = (self.ctx.config.max_tasks).map_or(u64::MAX, |m| m - self.sent);
+        let (lent, settled) = worker.lend(self.ctx, self.idx, self.next_seq, budget).await;
+        self.next_seq = settled.next_seq;
+        self.sent += settled.done;
+        // Before anything can end this worker's service: the job
+        // must reach a worker whatever happens to this one.
+        let lent = match lent {
+            Lent::Job(job) => {
+                self.pending = Some(job);
+                Lent::GivenBack
+            }
+            other => other,
+        };
+        if let Some(back) = settled.handback {
+            // Settled below like any job in flight (the borrower
+            // counted it as running).
+            self.inflight.push_back(InFlight {
+                seq: back.seq,
+                job: back.job,
+                cancel_sent: false,
+            });
+            if !matches!(lent, Lent::Stop) {
+                return Some(match back.failure {
+                    Failure::Died => Stop::Died,
+                    Failure::Protocol(message) => Stop::Protocol(message),
+                });
+            }
+        }
+        self.after_lend(worker, lent)
+    }
+
+    /// Acts on why the lend ended.
+    fn after_lend(&mut self, worker: &mut Worker, lent: Lent) -> Option<Stop> {
+        match lent {
+            Lent::Stop => return Some(Stop::Terminated),
+            Lent::Exited => return Some(Stop::Died),
+            Lent::QueueClosed => self.queue_open = false,
+            // Readiness can be stale (tokio keeps it until a
+            // read would block): look before giving up the lane.
+            Lent::Readable => match worker.try_read() {
+                Ok(0) => return Some(Stop::Died),
+                Ok(_) => {
+                    if let Err(e) = worker.take_results(self.ctx, &mut self.inflight) {
+                        return Some(Stop::Protocol(e));
+                    }
+                    self.skip_lend = true; // part of a frame: the loop waits for the rest
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Some(Stop::Died),
+            },
+            Lent::IdleTimeout => self.idle_timed_out(),
+            Lent::GivenBack | Lent::Job(_) => {}
+        }
+        None
+    }
+
+    /// Room to send another job now. Send ahead only while the backlog is
+    /// deep (at least two waiting tasks per worker), so pipelining never
+    /// leaves another worker idle or strands a burst of tasks behind a long
+    /// one.
+    fn room(&self, depth: usize) -> bool {
+        let cfg = &self.ctx.config;
+        cfg.max_tasks.is_none_or(|m| self.sent < m)
+            && (self.inflight.is_empty()
+                || (self.inflight.len() < depth && self.ctx.queue.len() >= 2 * cfg.workers))
+    }
+
+    /// Waits for the next event of a busy (or not lendable) worker and
+    /// handles it.
+    async fn wait_for_event(
+        &mut self,
+        worker: &mut Worker,
+        idle: bool,
+        writing: bool,
+    ) -> Option<Stop> {
+        let ctx = self.ctx;
+        let cfg = &ctx.config;
+        let depth = ctx.depth();
+        let take = (self.queue_open || self.pending.is_some())
+            && self.retiring.is_none()
+            && self.room(depth);
+        let idle_timer = cfg.idle_timeout.filter(|_| idle && ctx.elastic());
+        // Part of a frame with nothing more arriving: a healthy worker
+        // writes a frame in one go, so its stream is out of step.
+        let stall_timer = (!worker.inbuf.is_empty()).then_some(STALLED_FRAME);
+        let want = wire::missing_bytes(&worker.inbuf)
+            .filter(|&n| n as u64 <= cfg.max_frame)
+            .unwrap_or(0)
+            .max(64 * 1024);
+        worker.inbuf.reserve(want);
+
+        tokio::select! {
+            biased;
+            _ = ctx.stop.recv() => Some(Stop::Terminated),
+            _ = ctx.cancels[self.idx].notified() => self.on_cancel(worker),
+            read = worker.rx.read_buf(&mut worker.inbuf) => self.on_read(worker, read),
+            written = worker.tx.write(self.out.front()), if writing => match written {
+                Ok(n) => {
+                    self.out.advance(n);
+                    None
+                }
+                Err(_) => Some(Stop::Died),
+            },
+            job = next_job(&mut self.pending, &ctx.queue), if take => {
+                self.on_job(job, depth);
+                None
+            }
+            _ = sleep_or_never(stall_timer) => Some(Stop::Protocol(format!(
+                "an incomplete frame ({} bytes) made no progress for {STALLED_FRAME:?}",
+                worker.inbuf.len()
+            ))),
+            // After the result pipe: what the worker wrote before dying
+            // is read first (and the Died path reads the rest).
+            _ = exit_of(&worker.exited) => Some(Stop::Died),
+            _ = sleep_or_never(idle_timer) => {
+                self.idle_timed_out();
+                None
+            }
+        }
+    }
+
+    /// A task of this slot was cancelled: kill the worker if it runs it, or
+    /// tell the worker to skip it if it is only queued there.
+    fn on_cancel(&mut self, worker: &mut Worker) -> Option<Stop> {
+        let front_cancelled = |inflight: &VecDeque<InFlight>| {
+            inflight.front().is_some_and(|f| f.job.slot.is_cancelled())
+        };
+        if front_cancelled(&self.inflight) {
+            // The worker may have just finished that job and moved
+            // on: take any result already here before killing, so
+            // the kill lands on the cancelled job.
+            if let Err(e) = worker.take_available(self.ctx, &mut self.inflight) {
+                return Some(Stop::Protocol(e));
+            }
+            if front_cancelled(&self.inflight) {
+                return Some(Stop::Cancelled);
+            }
+        }
+        for entry in self.inflight.iter_mut().skip(1) {
+            if !entry.cancel_sent && entry.job.slot.is_cancelled() {
+                wire::encode_cancel(self.out.small_buffer(), entry.seq);
+                entry.cancel_sent = true;
+            }
+        }
+        None
+    }
+
+    /// The result pipe gave `read` bytes: settle the complete results, and
+    /// recycle a worker grown too large.
+    fn on_read(&mut self, worker: &mut Worker, read: io::Result<usize>) -> Option<Stop> {
+        match read {
+            Ok(0) | Err(_) => return Some(Stop::Died),
+            Ok(_) => {}
+        }
+        if let Err(e) = worker.take_results(self.ctx, &mut self.inflight) {
+            return Some(Stop::Protocol(e));
+        }
+        if self
+            .inflight
+            .front()
+            .is_some_and(|f| f.job.slot.is_cancelled())
+        {
+            return Some(Stop::Cancelled);
+        }
+        if self.retiring.is_none() {
+            if let Some(limit) = self.ctx.config.max_memory {
+                if rss_bytes(worker.pid).is_some_and(|rss| rss > limit) {
+                    self.retiring = Some(Retire::MaxMemory);
+                }
+            }
+        }
+        None
+    }
+
+    /// A job came (or the queue closed): send it, and more while there is
+    /// room.
+    fn on_job(&mut self, job: Result<Job, async_channel::RecvError>, depth: usize) {
+        let Ok(job) = job else {
+            self.queue_open = false;
+            return;
+        };
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            if job.slot.try_start(self.idx) {
+                self.send(job);
+            } else {
+                Counters::bump(&self.ctx.counters.cancelled);
+            }
+            if !self.inflight.is_empty() && self.room(depth) {
+                next = self.ctx.queue.try_recv().ok();
+            }
+        }
+    }
+
+    /// The worker was idle for the idle timeout: retire it, unless the pool
+    /// is down to its minimum.
+    fn idle_timed_out(&mut self) {
+        if self.ctx.leave_live_above_min() {
+            self.retiring = Some(Retire::Idle);
+        }
+    }
+
+    /// The loop is over: leave the idle count, pass a pending job to the
+    /// slot's next worker, and hand over what is still in flight.
+    fn wind_down(mut self, carried: &mut VecDeque<Job>) -> VecDeque<InFlight> {
+        let ctx = self.ctx;
+        if self.was_idle {
+            ctx.idle.fetch_sub(1, Ordering::AcqRel);
+        }
+        // Taken while the worker was lent, then the worker went away before
+        // it could be sent: the slot's next worker runs it.
+        if let Some(job) = self.pending.take() {
+            if job.slot.try_start(self.idx) {
+                carried.push_back(job);
+            } else {
+                Counters::bump(&ctx.counters.cancelled);
+            }
+        }
+        (ctx.counters.running).fetch_sub(self.inflight.len() as u64, Ordering::Relaxed);
+        self.inflight
+    }
+}
+
+/// The job held back while the worker was lent, else the next queued one.
+async fn next_job(
+    pending: &mut Option<Job>,
+    queue: &async_channel::Receiver<Job>,
+) -> Result<Job, async_channel::RecvError> {
+    match pending.take() {
+        Some(job) => Ok(job),
+        None => queue.recv().await,
+    }
+}

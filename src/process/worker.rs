@@ -1,0 +1,430 @@
+//! The parent's side of one worker process: starting it (launch, HELLO,
+//! initializer), reading its result frames and settling the jobs they answer,
+//! and reaping it. The loop that feeds it is in [`super::serve`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::unix::pipe;
+
+use super::ctx::PoolCtx;
+use super::init::InitJob;
+use super::job::Job;
+use super::launcher::{ExitInfo, LaunchSpec, WorkerProcess};
+use crate::stats::Counters;
+use crate::wire::{self, FromWorker};
+use crate::Error;
+
+/// A job sent to the worker and not yet answered.
+pub(crate) struct InFlight {
+    pub(crate) seq: u64,
+    pub(crate) job: Job,
+    pub(crate) cancel_sent: bool,
+}
+
+/// One live worker process and its pipes.
+pub(crate) struct Worker {
+    /// Taken by [`Worker::reap`]; every path out of `start` or `serve` reaps.
+    pub(crate) process: Option<Box<dyn WorkerProcess>>,
+    pub(crate) pid: u32,
+    pub(crate) tx: pipe::Sender,
+    pub(crate) rx: pipe::Receiver,
+    /// The reply pipe of direct jobs (blocking; read by lane borrowers).
+    pub(crate) replies: Option<std::os::fd::OwnedFd>,
+    /// Readable once the worker exits (a pidfd): its death is seen even while
+    /// a process its task forked holds the worker's pipes open. Watched here
+    /// and by lane borrowers.
+    pub(crate) exited: Option<AsyncFd<std::os::fd::OwnedFd>>,
+    pub(crate) inbuf: Vec<u8>,
+    /// Releases `inbuf`'s memory once large results stop coming.
+    pub(crate) keeper: crate::buffer::Keeper,
+    /// Sequence number of the next job sent.
+    pub(crate) next_seq: u64,
+}
+
+impl Worker {
+    /// Launches a worker, completes its handshake and runs the initializer.
+    pub(crate) async fn start(ctx: &PoolCtx) -> Result<Worker, Error> {
+        let spec = LaunchSpec {
+            identity: ctx.config.identity,
+            max_frame: ctx.config.max_frame,
+            memory_limit: ctx.config.memory_limit,
+            nice: ctx.config.nice,
+        };
+        let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
+        let process = launched.process;
+        let replies = launched.replies;
+        let pid = process.pid();
+        let pipes = pipe::Sender::from_owned_fd(launched.to_worker)
+            .and_then(|tx| pipe::Receiver::from_owned_fd(launched.from_worker).map(|rx| (tx, rx)));
+        let (tx, rx) = match pipes {
+            Ok(p) => p,
+            Err(e) => {
+                reap_process(process).await;
+                return Err(Error::Spawn(e));
+            }
+        };
+        let mut worker = Worker {
+            process: Some(process),
+            pid,
+            tx,
+            rx,
+            exited: exit_watch(pid).and_then(|fd| {
+                // SAFETY: an `OwnedFd` is a valid open descriptor that keeps
+                // naming the same file until the `AsyncFd` that owns it drops.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+            }),
+            replies,
+            inbuf: Vec::with_capacity(64 * 1024),
+            keeper: Default::default(),
+            next_seq: 1,
+        };
+        let timeout = ctx.config.start_timeout;
+        let started = tokio::select! {
+            r = tokio::time::timeout(timeout, worker.greet(ctx)) => r,
+            // `terminate` must not wait for a slow start.
+            _ = ctx.stop.recv() => Ok(Err(handshake(pid, "the pool was terminated during start"))),
+        };
+        match started {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(e)) => {
+                worker.reap().await;
+                Err(e)
+            }
+            Err(_) => {
+                worker.reap().await;
+                Err(handshake(pid, "timed out starting"))
+            }
+        }
+    }
+
+    /// Reads the worker's HELLO, then runs the initializer, if any.
+    async fn greet(&mut self, ctx: &PoolCtx) -> Result<(), Error> {
+        let max = ctx.config.max_frame;
+        self.hello(max).await?;
+        match &ctx.config.init {
+            Some(init) => self.initialize(init, max).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the worker's HELLO (or its refusal).
+    async fn hello(&mut self, max: u64) -> Result<(), Error> {
+        let pid = self.pid;
+        let body = self.read_frame(max).await;
+        match body.as_ref().map(|b| b.as_deref().map(FromWorker::decode)) {
+            Ok(Some(Ok(FromWorker::Hello { .. }))) => {}
+            Ok(Some(Ok(FromWorker::Refused { reason }))) => {
+                return Err(Error::BuildMismatch {
+                    pid,
+                    message: reason,
+                })
+            }
+            Ok(Some(Ok(_))) => return Err(handshake(pid, "unexpected first message")),
+            Ok(Some(Err(e))) => return Err(handshake(pid, &e.to_string())),
+            Ok(None) => {
+                let exit = self.reap().await;
+                return Err(handshake(
+                    pid,
+                    &format!("exited during start ({})", describe(exit)),
+                ));
+            }
+            Err(e) => return Err(handshake(pid, &e.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Runs the pool's initializer in the worker.
+    async fn initialize(&mut self, init: &InitJob, max: u64) -> Result<(), Error> {
+        let pid = self.pid;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut out = Vec::new();
+        wire::encode_job(
+            &mut out,
+            seq,
+            init.fn_ref.func,
+            init.fn_ref.trampoline,
+            &init.args,
+        );
+        let failed = |message: String| Error::Initializer { pid, message };
+        if let Err(e) = self.tx.write_all(&out).await {
+            return Err(failed(format!("could not send the initializer: {e}")));
+        }
+        let body = match self.read_frame(max).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                let exit = self.reap().await;
+                return Err(failed(format!(
+                    "the worker died in the initializer ({})",
+                    describe(exit)
+                )));
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        match FromWorker::decode(&body) {
+            Ok(FromWorker::Result {
+                status, payload, ..
+            }) => match super::job::decode::<Result<(), String>>(status, payload, pid) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(failed(message)),
+                Err(e) => Err(failed(e.to_string())),
+            },
+            Ok(_) => Err(handshake(
+                pid,
+                "unexpected message instead of the initializer's result",
+            )),
+            Err(e) => Err(handshake(pid, &e.to_string())),
+        }
+    }
+
+    /// Reads one whole frame (start-up only). `None` at end of file.
+    async fn read_frame(&mut self, max: u64) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            match wire::split_frame(&self.inbuf, max) {
+                Err(e) => return Err(io::Error::other(e.to_string())),
+                Ok(Some((body, used))) => {
+                    let frame = self.inbuf[body].to_vec();
+                    self.inbuf.drain(..used);
+                    return Ok(Some(frame));
+                }
+                Ok(None) => {}
+            }
+            self.inbuf.reserve(4096);
+            if self.rx.read_buf(&mut self.inbuf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Kills and reaps the worker process (once).
+    pub(crate) async fn reap(&mut self) -> Option<ExitInfo> {
+        reap(&mut self.process, &self.exited).await
+    }
+
+    /// Reads what the result pipe holds, without waiting.
+    pub(crate) fn try_read(&mut self) -> io::Result<usize> {
+        self.inbuf.reserve(64 * 1024);
+        self.rx.try_read_buf(&mut self.inbuf)
+    }
+
+    /// Reads whatever the worker has already written, without waiting, and
+    /// handles the complete frames.
+    pub(crate) fn take_available(
+        &mut self,
+        ctx: &PoolCtx,
+        inflight: &mut VecDeque<InFlight>,
+    ) -> Result<(), String> {
+        loop {
+            self.inbuf.reserve(64 * 1024);
+            match self.rx.try_read_buf(&mut self.inbuf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(_) => break, // would block, or an error the next read sees
+            }
+        }
+        self.take_results(ctx, inflight)
+    }
+
+    /// Handles every complete frame in `inbuf`.
+    pub(crate) fn take_results(
+        &mut self,
+        ctx: &PoolCtx,
+        inflight: &mut VecDeque<InFlight>,
+    ) -> Result<(), String> {
+        let max = ctx.config.max_frame;
+        let mut pos = 0;
+        let outcome = loop {
+            let (body, used) = match wire::split_frame(&self.inbuf[pos..], max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => match wire::check_from_worker_tag(&self.inbuf[pos..]) {
+                    Ok(()) => break Ok(()),
+                    Err(e) => break Err(e.to_string()),
+                },
+                Err(e) => break Err(e.to_string()),
+            };
+            let body = &self.inbuf[pos + body.start..pos + body.end];
+            pos += used;
+            let message = match FromWorker::decode(body) {
+                Ok(m) => m,
+                Err(e) => break Err(e.to_string()),
+            };
+            if let Err(e) = self.settle(ctx, inflight, message) {
+                break Err(e);
+            }
+        };
+        self.inbuf.drain(..pos);
+        self.keeper.after_use(&mut self.inbuf, pos);
+        outcome
+    }
+
+    /// Settles the job a result message answers, and any the worker says it
+    /// skipped.
+    fn settle(
+        &self,
+        ctx: &PoolCtx,
+        inflight: &mut VecDeque<InFlight>,
+        message: FromWorker<'_>,
+    ) -> Result<(), String> {
+        let counters = &ctx.counters;
+        let FromWorker::Result {
+            seq,
+            next,
+            seen,
+            nanos,
+            status,
+            payload,
+        } = message
+        else {
+            return Err("unexpected message after the handshake".into());
+        };
+        // Jobs before `seq` can only have been skipped, which the worker
+        // does only for cancelled ones.
+        pop_skipped(ctx, inflight, |s| s < seq)?;
+        if inflight.front().map(|e| e.seq) != Some(seq) {
+            return Err(format!("result for job {seq}, which it was not running"));
+        }
+        match inflight.pop_front() {
+            Some(entry) => {
+                counters.running.fetch_sub(1, Ordering::Relaxed);
+                ctx.finished(&entry.job, status, nanos);
+                entry.job.slot.deliver(status, payload, self.pid);
+            }
+            None => unreachable!("checked above"),
+        }
+        // Now learn which job the worker runs next.
+        if next != 0 {
+            pop_skipped(ctx, inflight, |s| s < next).and_then(|()| match inflight.front() {
+                Some(f) if f.seq == next => Ok(()),
+                _ => Err(format!(
+                    "worker names job {next} as next, which it was not sent"
+                )),
+            })
+        } else {
+            // Idle: every job it has seen is done or skipped; the first one
+            // it has not seen starts as soon as it is read.
+            pop_skipped(ctx, inflight, |s| s <= seen)
+        }
+    }
+}
+
+/// Pops leading entries matching `before`; they must all be cancelled.
+fn pop_skipped(
+    ctx: &PoolCtx,
+    inflight: &mut VecDeque<InFlight>,
+    before: impl Fn(u64) -> bool,
+) -> Result<(), String> {
+    while let Some(front) = inflight.front() {
+        if !before(front.seq) {
+            break;
+        }
+        if !front.job.slot.is_cancelled() {
+            return Err(format!(
+                "worker skipped job {}, which was not cancelled",
+                front.seq
+            ));
+        }
+        inflight.pop_front();
+        ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
+        Counters::bump(&ctx.counters.cancelled);
+    }
+    Ok(())
+}
+
+/// Resolves once the watched process has exited; never without a watch.
+pub(crate) async fn exit_of(exited: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
+    match exited {
+        // An error reading readiness is not an exit: keep waiting for the
+        // pipes to tell.
+        Some(fd) => match fd.readable().await {
+            Ok(_) => {}
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps for `d`, or forever when there is no timer.
+pub(crate) async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` exits (a pidfd),
+/// where the platform has one. Opened while the worker is our unreaped child,
+/// so the pid cannot name another process.
+#[cfg(target_os = "linux")]
+fn exit_watch(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exit_watch(_pid: u32) -> Option<std::os::fd::OwnedFd> {
+    None
+}
+
+/// Resident memory of process `pid`, where the platform tells.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
+/// Kills and reaps a worker's process, once (`process` is taken). With a
+/// pidfd the exit is awaited on the supervisor's runtime; without one, a
+/// blocking wait runs on tokio's blocking pool.
+pub(crate) async fn reap(
+    process: &mut Option<Box<dyn WorkerProcess>>,
+    exited: &Option<AsyncFd<std::os::fd::OwnedFd>>,
+) -> Option<ExitInfo> {
+    let mut process = process.take()?;
+    let Some(exited) = exited else {
+        return reap_process(process).await;
+    };
+    process.kill();
+    while let Ok(mut ready) = exited.readable().await {
+        match process.try_wait() {
+            Ok(Some(exit)) => return Some(exit),
+            Ok(None) => ready.clear_ready(), // not yet: wait again
+            Err(_) => break,
+        }
+    }
+    // The pidfd failed us: wait the ordinary way.
+    reap_process(process).await
+}
+
+/// Kills (harmless if it already exited) and reaps a worker. The wait runs
+/// on tokio's blocking pool: a large process can take a while to tear down,
+/// and all slots share the supervisor thread. (Used where no pidfd lets the
+/// exit be awaited instead; see [`reap`].)
+async fn reap_process(mut process: Box<dyn WorkerProcess>) -> Option<ExitInfo> {
+    process.kill();
+    tokio::task::spawn_blocking(move || process.wait().ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+fn handshake(pid: u32, message: &str) -> Error {
+    Error::Handshake {
+        pid,
+        message: message.to_string(),
+    }
+}
+
+pub(crate) fn describe(exit: Option<ExitInfo>) -> String {
+    match exit {
+        Some(ExitInfo {
+            signal: Some(s), ..
+        }) => format!("killed by signal {s}"),
+        Some(ExitInfo { code: Some(c), .. }) => format!("exit code {c}"),
+        _ => "unknown status".into(),
+    }
+}
