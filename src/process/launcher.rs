@@ -10,8 +10,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 
-use rustix::pipe::{pipe_with, PipeFlags};
-
 use crate::worker::{self, Spec};
 
 /// What a launcher needs to start one worker.
@@ -71,23 +69,44 @@ pub(crate) struct LocalLauncher;
 
 /// Bigger pipes mean fewer wake-ups when large arguments or results stream
 /// through (the default is 64 KiB; 1 MiB is the unprivileged maximum).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(procpool_portable)))]
 fn enlarge(fd: &OwnedFd) {
     let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", not(procpool_portable))))]
 fn enlarge(_fd: &OwnedFd) {}
+
+/// A pipe whose ends are both close-on-exec.
+#[cfg(all(target_os = "linux", not(procpool_portable)))]
+pub(crate) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pipe::{pipe_with, PipeFlags};
+    Ok(pipe_with(PipeFlags::CLOEXEC)?)
+}
+
+/// A pipe whose ends are both close-on-exec. Without `pipe2` the flag is set
+/// just after the pipe is made: a process that another thread of this program
+/// forks and execs in that instant can inherit the ends (procpool's own
+/// workers cannot, as all of them are started from the one supervisor thread
+/// that makes their pipes).
+#[cfg(not(all(target_os = "linux", not(procpool_portable))))]
+pub(crate) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe()?;
+    for fd in [&read, &write] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+    }
+    Ok((read, write))
+}
 
 impl Launcher for LocalLauncher {
     fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched> {
         // All ends are close-on-exec; only the child's own four are made
         // inheritable, in the child, so no worker holds another's pipes (which
         // would keep a dead parent's lifeline open).
-        let (job_r, job_w) = pipe_with(PipeFlags::CLOEXEC)?;
-        let (res_r, res_w) = pipe_with(PipeFlags::CLOEXEC)?;
-        let (reply_r, reply_w) = pipe_with(PipeFlags::CLOEXEC)?;
-        let (life_r, life_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let (job_r, job_w) = cloexec_pipe()?;
+        let (res_r, res_w) = cloexec_pipe()?;
+        let (reply_r, reply_w) = cloexec_pipe()?;
+        let (life_r, life_w) = cloexec_pipe()?;
         enlarge(&job_w);
         enlarge(&res_w);
         enlarge(&reply_w);
@@ -108,6 +127,7 @@ impl Launcher for LocalLauncher {
         }
         .to_env();
 
+        #[cfg(all(target_os = "linux", not(procpool_portable)))]
         let parent = rustix::process::getpid();
         let memory_limit = spec.memory_limit;
         let nice = spec.nice;
@@ -147,7 +167,7 @@ impl Launcher for LocalLauncher {
                     };
                     rustix::process::setrlimit(rustix::process::Resource::Data, limit)?;
                 }
-                #[cfg(target_os = "linux")]
+                #[cfg(all(target_os = "linux", not(procpool_portable)))]
                 {
                     // Die with the parent even if the lifeline is never read.
                     // PDEATHSIG fires when the forking *thread* exits, which is

@@ -32,7 +32,8 @@
 //! serve   -> lend, ending, worker, outbox, ctx, lane, job
 //! lend    -> worker, ctx, lane, job
 //! ending  -> worker, ctx, launcher, job
-//! worker  -> ctx, init, launcher, job
+//! worker  -> exit_watch, ctx, init, launcher, job
+//! exit_watch -> launcher
 //! direct  -> ctx, lane, job
 //! ctx     -> lane, init, launcher, job
 //! lane    -> job
@@ -45,6 +46,7 @@ mod builder;
 mod ctx;
 mod direct;
 mod ending;
+mod exit_watch;
 mod init;
 mod job;
 mod lane;

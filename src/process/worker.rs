@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::pipe;
 
 use super::ctx::PoolCtx;
+use super::exit_watch::exit_watch;
 use super::init::InitJob;
 use super::job::Job;
 use super::launcher::{ExitInfo, LaunchSpec, WorkerProcess};
@@ -354,20 +355,6 @@ pub(crate) async fn sleep_or_never(d: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// A descriptor that becomes readable when process `pid` exits (a pidfd),
-/// where the platform has one. Opened while the worker is our unreaped child,
-/// so the pid cannot name another process.
-#[cfg(target_os = "linux")]
-fn exit_watch(pid: u32) -> Option<std::os::fd::OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exit_watch(_pid: u32) -> Option<std::os::fd::OwnedFd> {
-    None
 }
 
 /// Resident memory of process `pid`, where the platform tells.
