@@ -363,3 +363,40 @@ async fn workers_can_run_at_a_lower_priority() {
     let plain = ProcessPool::new(1).unwrap();
     assert_eq!(plain.apply(niceness, ()).await, Ok(base));
 }
+
+/// Drops the last handles of both pools, with a task running on each, inside
+/// a `#[tokio::test]`: no panic (tokio refuses to drop a runtime or block in
+/// async context), no wait, and the workers are reaped afterwards.
+async fn drop_both_pools_inside_the_runtime() {
+    let pool = ProcessPool::new(2).unwrap();
+    let threads = ThreadPool::new(2).unwrap();
+    assert_eq!(pool.apply(sleep_ms, 1).await, Ok(1));
+    assert_eq!(threads.apply(sleep_ms, 1).await, Ok(1));
+    let running = pool.spawn(sleep_ms, 60_000);
+    let _background = threads.spawn(sleep_ms, 300);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let workers = pool.worker_pids();
+    let started = std::time::Instant::now();
+    drop((pool, threads, running));
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "dropping the pools held the runtime for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || workers
+            .iter()
+            .all(|&p| is_reaped(p))),
+        "workers {workers:?} left behind"
+    );
+}
+
+#[tokio::test]
+async fn dropping_pools_inside_a_current_thread_tokio_test() {
+    drop_both_pools_inside_the_runtime().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_pools_inside_a_multi_thread_tokio_test() {
+    drop_both_pools_inside_the_runtime().await;
+}

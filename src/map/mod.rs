@@ -206,7 +206,9 @@ impl<A, R> Map<A, R> {
     }
 
     /// A blocking iterator over the results, for plain threads (Python's
-    /// `imap`). Must not be used on an async runtime's thread.
+    /// `imap`). On an async runtime's thread it works without deadlock (even on
+    /// a current-thread runtime) but blocks that thread for each item: use the
+    /// [`Map`] stream there.
     ///
     /// ```
     /// # fn main() -> Result<(), procpool::Error> {

@@ -381,8 +381,11 @@ impl ProcessPool {
 
     /// Runs `f(args)` in a worker and blocks this thread until it finishes.
     ///
-    /// For plain threads (no async runtime needed). Do not call it on an async
-    /// runtime's thread: it would block that thread; `.await` the task there.
+    /// For plain threads (no async runtime needed). On an async runtime's
+    /// thread it still works, and cannot deadlock, even on a current-thread
+    /// runtime (the pool never needs the caller's runtime), but it blocks that
+    /// thread, and every task it would run, for the whole call: `.await`
+    /// [`apply`](Self::apply) there instead.
     ///
     /// When a worker is idle and no task waits in the queue, the calling
     /// thread borrows that worker and exchanges the job and its result with

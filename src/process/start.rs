@@ -20,13 +20,18 @@ pub(super) fn supervisors(
     jobs: &async_channel::Sender<Job>,
     stop: &async_channel::Sender<()>,
 ) -> Result<async_channel::Receiver<()>, Error> {
-    let runtime = supervisor_runtime()?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = async_channel::bounded(1);
     let thread_ctx = ctx.clone();
+    // The runtime is made, and always dropped, on the supervisor thread:
+    // dropping a runtime in the caller's async context would panic in tokio
+    // if the thread could not be started.
     let thread = std::thread::Builder::new()
         .name("procpool-supervisor".into())
-        .spawn(move || run_slots(runtime, thread_ctx, ready_tx, done_tx))
+        .spawn(move || match supervisor_runtime() {
+            Ok(runtime) => run_slots(runtime, thread_ctx, ready_tx, done_tx),
+            Err(e) => drop(ready_tx.send(Err(e))),
+        })
         .map_err(Error::Thread)?;
     if let Some(e) = first_failure(&ready_rx, ctx.config.workers) {
         stop.close();
