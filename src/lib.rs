@@ -131,9 +131,14 @@
 //!
 //! # Platforms
 //!
-//! Linux is the tested platform. macOS should build and work (without
-//! `PR_SET_PDEATHSIG`: the lifeline pipe alone ends orphaned workers). Windows
-//! is not supported yet.
+//! Linux has the native backend (pidfds, `PR_SET_PDEATHSIG`, `pipe2`,
+//! `/proc/self/exe`). macOS, FreeBSD and other Unix systems use the portable
+//! Unix backend, with the same guarantees by other means: a `waitid(WNOWAIT)`
+//! thread per worker watches for its exit, the lifeline alone ends orphans, and
+//! a descriptor kept from start lets workers run the original build after a
+//! deploy. Building with `RUSTFLAGS="--cfg procpool_portable"` forces that
+//! backend on Linux, which is how it is tested. The README's "Platforms"
+//! section lists what is tested where.
 
 #![warn(missing_docs)]
 

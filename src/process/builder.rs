@@ -272,6 +272,9 @@ impl ProcessPoolBuilder {
     /// assert_eq!(pool.stats().restarts.max_memory, 1);
     /// # Ok::<(), procpool::Error>(())
     /// ```
+    ///
+    /// Linux only (it reads `/proc`): elsewhere [`build`](Self::build) fails
+    /// with an [`Error::Io`] of kind `Unsupported` rather than ignore it.
     pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
         self
@@ -489,6 +492,13 @@ impl ProcessPoolBuilder {
             }
             None => None,
         };
+        if self.max_memory.is_some() && !cfg!(target_os = "linux") {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "max_memory_per_worker reads a worker's resident memory from /proc, which this \
+                 system does not have; use memory_limit_per_worker instead",
+            )));
+        }
         Ok(SlotConfig {
             workers,
             min_workers: self.min_workers.unwrap_or(workers).min(workers),
