@@ -7,20 +7,21 @@
 //! forged file (the far side trusts only its stdin; whoever can write files
 //! in its cache directory can run code there anyway).
 
-use std::io::{self, Read};
-use std::path::Path;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 
 const PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// Hashes the file at `path` (its length and every byte).
-pub(crate) fn hash_file(path: &Path) -> io::Result<u64> {
-    let mut file = std::fs::File::open(path)?;
+/// Hashes `file` (its length and every byte) from its start, with positioned reads (so a descriptor that
+/// shares its offset, like the running image's on the portable backend, is
+/// left alone).
+pub(crate) fn hash_file(file: &std::fs::File) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut len: u64 = 0;
     loop {
-        let n = fill(&mut file, &mut buf)?;
+        let n = fill(file, len, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -40,11 +41,11 @@ pub(crate) fn hash_file(path: &Path) -> io::Result<u64> {
     Ok((h ^ len).wrapping_mul(PRIME))
 }
 
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads from `at` until `buf` is full or the file ends; returns the count.
+fn fill(file: &std::fs::File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match file.read(&mut buf[n..]) {
+        match file.read_at(&mut buf[n..], at + n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -54,21 +55,12 @@ fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The path of the file this process runs.
-pub(crate) fn current_exe() -> io::Result<std::path::PathBuf> {
-    if cfg!(target_os = "linux") {
-        Ok("/proc/self/exe".into())
-    } else {
-        std::env::current_exe()
-    }
-}
-
-/// The content hash of this process's own executable, computed once.
+/// The content hash of this process's own running executable, computed once.
 pub(crate) fn own_hash() -> io::Result<u64> {
     static HASH: OnceLock<Result<u64, String>> = OnceLock::new();
     HASH.get_or_init(|| {
-        current_exe()
-            .and_then(|p| hash_file(&p))
+        crate::image::open()
+            .and_then(|f| hash_file(&f))
             .map_err(|e| e.to_string())
     })
     .clone()
@@ -79,6 +71,10 @@ pub(crate) fn own_hash() -> io::Result<u64> {
 mod tests {
     use super::*;
 
+    fn hash_path(path: &std::path::Path) -> io::Result<u64> {
+        hash_file(&std::fs::File::open(path)?)
+    }
+
     #[test]
     fn equal_files_hash_equal_and_one_changed_byte_differs() {
         let dir = std::env::temp_dir().join(format!("procpool-exe-hash-{}", std::process::id()));
@@ -87,13 +83,13 @@ mod tests {
         let mut bytes: Vec<u8> = (0..3_000_017u32).map(|i| (i * 7) as u8).collect();
         std::fs::write(&a, &bytes).unwrap();
         std::fs::write(&b, &bytes).unwrap();
-        assert_eq!(hash_file(&a).unwrap(), hash_file(&b).unwrap());
+        assert_eq!(hash_path(&a).unwrap(), hash_path(&b).unwrap());
         bytes[2_999_999] ^= 1;
         std::fs::write(&b, &bytes).unwrap();
-        assert_ne!(hash_file(&a).unwrap(), hash_file(&b).unwrap());
+        assert_ne!(hash_path(&a).unwrap(), hash_path(&b).unwrap());
         bytes.push(0);
         std::fs::write(&b, &bytes[1..]).unwrap();
-        assert_ne!(hash_file(&a).unwrap(), hash_file(&b).unwrap());
+        assert_ne!(hash_path(&a).unwrap(), hash_path(&b).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(own_hash().is_ok());
     }

@@ -36,15 +36,19 @@ impl RemoteLauncher {
             host: host.clone(),
             message,
         };
-        let own = crate::exe_hash::current_exe()?;
         let path = match &remote.how {
             How::Ssh {
                 destination,
                 options,
             } => {
-                let file = remote.ship_file.clone().unwrap_or(own);
+                // The running image, unless a test ships another file.
+                let file = match &remote.ship_file {
+                    Some(path) => std::fs::File::open(path),
+                    None => crate::image::open(),
+                }
+                .map_err(|e| failed(format!("cannot read the executable to ship: {e}")))?;
                 let file_hash = crate::exe_hash::hash_file(&file)
-                    .map_err(|e| failed(format!("cannot read {}: {e}", file.display())))?;
+                    .map_err(|e| failed(format!("cannot read the executable to ship: {e}")))?;
                 let name = std::env::current_exe()
                     .ok()
                     .and_then(|p| p.file_name()?.to_str().map(str::to_string))

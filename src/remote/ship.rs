@@ -11,7 +11,6 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::process::Stdio;
 
 use super::ssh;
@@ -23,7 +22,8 @@ pub(crate) struct Shipment<'a> {
     pub(crate) host: &'a str,
     pub(crate) destination: &'a str,
     pub(crate) options: &'a [OsString],
-    pub(crate) file: &'a Path,
+    /// Read with positioned reads from its start.
+    pub(crate) file: &'a std::fs::File,
     /// The executable's name (made shell-safe in the far path).
     pub(crate) name: &'a str,
     /// Content hash of the parent's own executable: what the far copy must
@@ -88,9 +88,7 @@ pub(crate) fn ship(s: &Shipment<'_>) -> Result<String, Error> {
     let _ = stdout.read_line(&mut answer);
     let mut sent = Ok(());
     if answer.trim() == "need" {
-        sent = std::fs::File::open(s.file)
-            .and_then(|mut f| std::io::copy(&mut f, &mut stdin))
-            .and_then(|_| stdin.flush());
+        sent = send(s.file, &mut stdin).and_then(|()| stdin.flush());
     }
     drop(stdin);
     let mut rest = String::new();
@@ -115,6 +113,24 @@ pub(crate) fn ship(s: &Shipment<'_>) -> Result<String, Error> {
         "the executable could not be installed or run there: {}",
         describe(status.code(), &errors)
     )))
+}
+
+/// Writes all of `file` (from its start, positioned reads) to `to`.
+fn send(file: &std::fs::File, to: &mut impl Write) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        match file.read_at(&mut buf, at) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                to.write_all(&buf[..n])?;
+                at += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// An ssh exit status and the far side's messages, with a hint for the
