@@ -11,10 +11,10 @@ use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 
-use rustix::pipe::{pipe_with, PipeFlags};
-
 use super::{ship, ssh, How, Remote};
-use crate::process::launcher::{ExitInfo, LaunchSpec, Launched, Launcher, WorkerProcess};
+use crate::process::launcher::{
+    cloexec_pipe, ExitInfo, LaunchSpec, Launched, Launcher, WorkerProcess,
+};
 use crate::worker::stdio::serve_spec;
 use crate::{Error, TaskError};
 
@@ -107,8 +107,8 @@ impl RemoteLauncher {
 
 impl Launcher for RemoteLauncher {
     fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched> {
-        let (job_r, job_w) = pipe_with(PipeFlags::CLOEXEC)?;
-        let (res_r, res_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let (job_r, job_w) = cloexec_pipe()?;
+        let (res_r, res_w) = cloexec_pipe()?;
         let mut cmd = self.command(spec);
         // Stdio is dup'ed onto 0 and 1 in the child, which clears
         // close-on-exec there only. Stderr is shared: far prints show up on
@@ -131,9 +131,12 @@ impl Launcher for RemoteLauncher {
 /// Makes `cmd`'s child die with this process (Linux: `PDEATHSIG`). It is
 /// started from a long-lived thread (the pool's supervisor, or the thread
 /// that builds the pool and waits for the child), as `PDEATHSIG` fires when
-/// the forking thread ends.
+/// the forking thread ends. Without it (the portable backend) the chain still
+/// holds, only by one more hop: this process's death closes the client's
+/// stdin, the client passes the end of file on, and the far worker's stdin
+/// hangs up.
 pub(crate) fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(procpool_portable)))]
     {
         let parent = rustix::process::getpid();
         // SAFETY: the closure runs in the forked child before exec and only
@@ -151,7 +154,7 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
             });
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", not(procpool_portable))))]
     let _ = cmd;
 }
 

@@ -149,9 +149,19 @@ fn watch_hangup(fd: OwnedFd) {
 /// Returns once `fd` reports hang-up (or an error). No readable interest is
 /// requested, so bytes waiting to be read do not wake it.
 fn wait_for_hangup(fd: BorrowedFd<'_>) {
-    let gone = PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL;
+    // A socket half-closed by the peer reports only RDHUP, where it exists.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let (want, gone) = (
+        PollFlags::RDHUP,
+        PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL,
+    );
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let (want, gone) = (
+        PollFlags::empty(),
+        PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL,
+    );
     loop {
-        let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+        let mut fds = [PollFd::new(&fd, want)];
         match poll(&mut fds, None) {
             Ok(_) if fds[0].revents().intersects(gone) => return,
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
