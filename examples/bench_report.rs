@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release --example bench_report            # about four minutes
 //! cargo run --release --example bench_report -- --quick # smoke test, well under a minute
+//! cargo run --release --example bench_report -- --remote-only # only the ssh section
 //! ```
 //!
 //! Peers are measured interleaved (every repetition runs each peer once, in
@@ -36,6 +37,8 @@ use serde_bytes::ByteBuf;
 #[path = "../benches/support/peers.rs"]
 mod peers;
 use peers::*;
+#[path = "../benches/support/remote.rs"]
+mod remote;
 
 /// Path of the Python peers script.
 const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python_peers.py");
@@ -1326,6 +1329,10 @@ fn main() {
     // here.
     procspawn::init();
     let cfg = Config::new(std::env::args().skip(1).any(|a| a == "--quick"));
+    if std::env::args().skip(1).any(|a| a == "--remote-only") {
+        remote::print_remote_section(cfg.quick);
+        return;
+    }
     let began = Instant::now();
     let cpu_clock = CpuClock::now();
 
@@ -1350,5 +1357,6 @@ fn main() {
     print_notes(&measured, py);
     print_speed_targets(&measured);
     print_maps(&maps, py);
+    remote::print_remote_section(cfg.quick);
     eprintln!("done in {:.1} s", began.elapsed().as_secs_f64());
 }

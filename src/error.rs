@@ -91,6 +91,29 @@ pub enum TaskError {
         /// What was wrong.
         message: String,
     },
+    /// The worker process running the task on another host (see
+    /// [`Remote`](crate::Remote)) died: crash, `abort`, `exit`, or a kill
+    /// there. The pool has already started a replacement.
+    #[error("worker process {pid} on {host} died while running the task: {}", fmt_exit(.code, .signal))]
+    RemoteWorkerDied {
+        /// The host, as [`Remote::host`](crate::Remote::host) names it.
+        host: String,
+        /// The worker's pid on that host.
+        pid: u32,
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal number, if a signal ended it.
+        signal: Option<i32>,
+    },
+    /// The connection to the remote worker running the task broke (the ssh
+    /// client died or was killed, the network dropped), so its fate is
+    /// unknown; the far worker ends itself when it notices. Only the tasks on
+    /// that worker fail; the pool reconnects.
+    #[error("lost the connection to the worker on {host} running the task")]
+    Disconnected {
+        /// The host, as [`Remote::host`](crate::Remote::host) names it.
+        host: String,
+    },
     /// No worker process could be started to run the task.
     #[error("could not start a worker process: {0}")]
     WorkerStart(String),
@@ -266,6 +289,16 @@ pub enum Error {
         /// Pid of the worker.
         pid: u32,
         /// The initializer's error or panic message.
+        message: String,
+    },
+    /// A [`Remote`](crate::Remote) host could not be prepared or its worker
+    /// could not start there: ssh failed, the executable could not be copied,
+    /// or it cannot run there (another architecture or C library).
+    #[error("remote host {host}: {message}")]
+    Remote {
+        /// The host, as [`Remote::host`](crate::Remote::host) names it.
+        host: String,
+        /// What went wrong, with the far side's messages.
         message: String,
     },
     /// A thread could not be started.

@@ -144,12 +144,14 @@
 
 mod buffer;
 mod error;
+mod exe_hash;
 mod func_ref;
 mod image;
 mod map;
 mod panic_info;
 mod pool;
 mod process;
+mod remote;
 mod stats;
 mod task;
 mod thread_pool;
@@ -160,6 +162,7 @@ pub use error::{CodecStage, Error, TaskError, TrySpawnError};
 pub use map::{Map, MapIter};
 pub use pool::Pool;
 pub use process::{ProcessPool, ProcessPoolBuilder};
+pub use remote::{Remote, WorkerInfo};
 pub use stats::{PoolStats, Restarts, Summary};
 pub use task::Task;
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};

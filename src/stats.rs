@@ -41,6 +41,11 @@ pub struct PoolStats {
     pub run_time: Summary,
     /// How long tasks waited between `spawn` and starting.
     pub wait_time: Summary,
+    /// The slowest worker's average round trip: from sending a task to an
+    /// idle worker to its result, less the run time (zero until measured, and
+    /// on a `ThreadPool`). Workers on other machines ([`Remote`](crate::Remote))
+    /// make it larger; `map` keeps its chunks long next to it.
+    pub round_trip: Duration,
 }
 
 /// Worker processes ended, by cause.
@@ -172,6 +177,11 @@ pub(crate) struct Counters {
     pub(crate) protocol: AtomicU64,
     pub(crate) start_failed: AtomicU64,
     pub(crate) times: Mutex<Times>,
+    /// Per slot: moving average of a job's round trip to its worker (time
+    /// from sending a job to an idle worker to its result, less the run
+    /// time), in nanoseconds; 0 = not measured. Remote workers make this
+    /// large, and `map` sizes its chunks by the largest.
+    pub(crate) round_trips: Mutex<Vec<u64>>,
 }
 
 /// Run and wait times.
@@ -184,6 +194,27 @@ pub(crate) struct Times {
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Folds one measured round trip of slot `slot`'s worker into its average.
+    pub(crate) fn note_round_trip(&self, slot: usize, nanos: u64) {
+        let mut trips = self.round_trips.lock().unwrap_or_else(|e| e.into_inner());
+        if trips.len() <= slot {
+            trips.resize(slot + 1, 0);
+        }
+        let old = trips[slot];
+        trips[slot] = if old == 0 {
+            nanos
+        } else {
+            (old * 3 + nanos) / 4
+        }
+        .max(1);
+    }
+
+    /// The largest of the workers' average round trips (0 = none measured).
+    pub(crate) fn round_trip_nanos(&self) -> u64 {
+        let trips = self.round_trips.lock().unwrap_or_else(|e| e.into_inner());
+        trips.iter().copied().max().unwrap_or(0)
     }
 
     /// A task finished after waiting `wait` and running `run`. Counts are
@@ -199,8 +230,10 @@ impl Counters {
 
     pub(crate) fn snapshot(&self, queued: usize, workers: usize) -> PoolStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let round_trip = Duration::from_nanos(self.round_trip_nanos());
         let t = self.times.lock().unwrap_or_else(|e| e.into_inner());
         PoolStats {
+            round_trip,
             queued,
             running: get(&self.running) as usize,
             completed: get(&self.completed),

@@ -148,6 +148,11 @@ pub(crate) trait ChunkRunner<A, R>: Send + Sync {
     fn start(&self, items: Vec<A>) -> (Task<ChunkOutput<R>>, Option<Vec<A>>);
     /// Number of workers, for sizing.
     fn workers(&self) -> usize;
+    /// The slowest worker's measured round trip in nanoseconds (0 = none
+    /// measured), for sizing: chunks must be long next to it.
+    fn round_trip_nanos(&self) -> u64 {
+        0
+    }
 }
 
 /// Chunks on a process pool.
@@ -175,6 +180,10 @@ where
 
     fn workers(&self) -> usize {
         self.pool.workers()
+    }
+
+    fn round_trip_nanos(&self) -> u64 {
+        self.pool.round_trip_nanos()
     }
 }
 

@@ -305,6 +305,7 @@ impl<A, R> Map<A, R> {
     fn finish(&mut self, done: PieceDone<A, R>) {
         let segment = match done.outcome {
             Ok(output) => {
+                self.sizer.round_trip(self.runner.round_trip_nanos());
                 self.sizer.observe(done.len, output.nanos);
                 Segment::output(output)
             }
@@ -347,6 +348,7 @@ fn retry_in_parts(error: &TaskError) -> bool {
     matches!(
         error,
         TaskError::WorkerDied { .. }
+            | TaskError::RemoteWorkerDied { .. }
             | TaskError::Protocol { .. }
             | TaskError::TooLarge { .. }
             | TaskError::Serialization { .. }

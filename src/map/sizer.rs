@@ -15,8 +15,12 @@
 //!
 //! An explicit chunk size bypasses all of this.
 
-/// Run time a chunk should take.
+/// Run time a chunk should take, at least.
 const TARGET_NANOS: f64 = 20e6;
+/// How many round trips to its slowest worker a chunk should last: a worker
+/// over a network (see `Remote`) idles for a round trip between two chunks,
+/// so with 10 it works at least ~90% of the time.
+const ROUND_TRIPS: f64 = 10.0;
 /// Most a chunk grows per finished chunk: quick to ramp up, yet one
 /// unlucky early measurement cannot jump straight to a huge chunk.
 const GROWTH: usize = 8;
@@ -29,6 +33,8 @@ pub(crate) struct ChunkSizer {
     size: usize,
     nanos_per_item: Option<f64>,
     workers: usize,
+    /// The pool's slowest measured round trip.
+    round_trip_nanos: u64,
 }
 
 impl ChunkSizer {
@@ -38,6 +44,7 @@ impl ChunkSizer {
             size: 1,
             nanos_per_item: None,
             workers: workers.max(1),
+            round_trip_nanos: 0,
         }
     }
 
@@ -58,6 +65,11 @@ impl ChunkSizer {
         size.max(1)
     }
 
+    /// The pool's slowest worker round trip, as measured now.
+    pub(crate) fn round_trip(&mut self, nanos: u64) {
+        self.round_trip_nanos = nanos;
+    }
+
     /// A chunk of `items` items ran in `nanos`.
     pub(crate) fn observe(&mut self, items: usize, nanos: u64) {
         if items == 0 || self.fixed.is_some() {
@@ -69,7 +81,8 @@ impl ChunkSizer {
             None => sample,
         };
         self.nanos_per_item = Some(per_item);
-        let ideal = (TARGET_NANOS / per_item) as usize;
+        let target = TARGET_NANOS.max(ROUND_TRIPS * self.round_trip_nanos as f64);
+        let ideal = (target / per_item) as usize;
         self.size = ideal.clamp(1, (self.size * GROWTH).min(MAX_CHUNK));
     }
 }
@@ -90,6 +103,23 @@ mod tests {
         assert_eq!(&sizes[..4], &[1, 8, 64, 512]);
         assert!(sizes.windows(2).all(|w| w[1] <= w[0] * GROWTH));
         assert_eq!(*sizes.last().unwrap(), MAX_CHUNK.min(200_000));
+    }
+
+    #[test]
+    fn a_long_round_trip_makes_chunks_longer() {
+        let size_after = |round_trip: u64| {
+            let mut s = ChunkSizer::new(2);
+            s.round_trip(round_trip);
+            for _ in 0..20 {
+                let n = s.next_size(None);
+                s.observe(n, n as u64 * 10_000); // 10 µs per item
+            }
+            s.next_size(None)
+        };
+        // 20 ms of 10 µs items; with a 5 ms round trip, ten of those: 50 ms.
+        assert_eq!(size_after(0), 2_000);
+        assert_eq!(size_after(100_000), 2_000); // loopback: no change
+        assert_eq!(size_after(5_000_000), 5_000);
     }
 
     #[test]

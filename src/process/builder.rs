@@ -13,7 +13,6 @@ use serde::Serialize;
 use super::ctx::{PoolCtx, SlotConfig};
 use super::init::InitJob;
 use super::job::Job;
-use super::launcher::LocalLauncher;
 use super::pool::ProcessPool;
 use super::start;
 use crate::func_ref;
@@ -83,6 +82,7 @@ pub struct ProcessPoolBuilder {
     idle_timeout: Option<Duration>,
     max_queue: Option<usize>,
     init: Option<Result<InitJob, String>>,
+    remotes: Vec<crate::Remote>,
 }
 
 impl Default for ProcessPoolBuilder {
@@ -101,13 +101,15 @@ impl Default for ProcessPoolBuilder {
             idle_timeout: None,
             max_queue: None,
             init: None,
+            remotes: Vec::new(),
         }
     }
 }
 
 impl ProcessPoolBuilder {
-    /// Number of worker processes (the maximum, for an elastic pool); `0` (the
-    /// default) means one per available core.
+    /// Number of worker processes on this machine (the maximum, for an
+    /// elastic pool); `0` (the default) means one per available core, or none
+    /// when the pool has [`remote`](Self::remote) workers.
     ///
     /// ```
     /// let pool = procpool::ProcessPool::builder().workers(2).build()?;
@@ -422,6 +424,29 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Adds workers on another machine, started by ssh or any stdio launcher
+    /// (see [`Remote`](crate::Remote)); may be called several times. Their
+    /// slots come after the local ones, so in an elastic pool
+    /// ([`min_workers`](Self::min_workers)) the local workers start first.
+    /// [`build`](Self::build) prepares each remote before any worker starts
+    /// (for ssh: copies and verifies the executable there), and fails with
+    /// [`Error::Remote`] naming the host when that is impossible.
+    ///
+    /// ```no_run
+    /// use procpool::{ProcessPool, Remote};
+    ///
+    /// let pool = ProcessPool::builder()
+    ///     .workers(1)
+    ///     .remote(Remote::ssh("user@gpu-box").workers(4))
+    ///     .build()?;
+    /// assert_eq!(pool.workers(), 5);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn remote(mut self, remote: crate::Remote) -> Self {
+        self.remotes.push(remote);
+        self
+    }
+
     /// Test hook: pretend the parent is a different build, so workers refuse.
     #[doc(hidden)]
     pub fn build_identity_for_testing(mut self, identity: u64) -> Self {
@@ -453,6 +478,8 @@ impl ProcessPoolBuilder {
             return Err(Error::InsideWorker);
         }
         let config = self.slot_config()?;
+        let local = config.slot_hosts.iter().filter(|h| h.is_none()).count();
+        let launcher = crate::remote::launcher(local, &self.remotes)?;
         let (jobs_tx, jobs_rx) = match self.max_queue {
             Some(n) => async_channel::bounded(n),
             None => async_channel::unbounded(),
@@ -460,6 +487,7 @@ impl ProcessPoolBuilder {
         let (stop_tx, stop_rx) = async_channel::bounded(1);
         let ctx = Arc::new(pool_ctx(
             config,
+            launcher,
             jobs_rx,
             jobs_tx.clone(),
             stop_rx,
@@ -477,11 +505,18 @@ impl ProcessPoolBuilder {
 
     /// The settings every slot works with, with defaults resolved.
     fn slot_config(&self) -> Result<SlotConfig, Error> {
-        let workers = if self.workers == 0 {
+        let local = if self.workers == 0 && self.remotes.is_empty() {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             self.workers
         };
+        let slot_hosts = crate::remote::slot_hosts(local, &self.remotes);
+        let workers = slot_hosts.len();
+        if workers == 0 {
+            return Err(Error::Io(std::io::Error::other(
+                "the pool has no workers: no local ones and no remote ones",
+            )));
+        }
         let init = match &self.init {
             Some(Ok(init)) => Some(init.clone()),
             Some(Err(message)) => {
@@ -512,6 +547,7 @@ impl ProcessPoolBuilder {
             nice: self.nice,
             idle_timeout: self.idle_timeout,
             init,
+            slot_hosts,
         })
     }
 }
@@ -535,6 +571,7 @@ impl ProcessPoolBuilder {
 /// What all slots of a new pool share, before any of them runs.
 fn pool_ctx(
     config: SlotConfig,
+    launcher: Box<dyn super::launcher::Launcher>,
     queue: async_channel::Receiver<Job>,
     requeue: async_channel::Sender<Job>,
     stop: async_channel::Receiver<()>,
@@ -543,7 +580,7 @@ fn pool_ctx(
     let workers = config.workers;
     PoolCtx {
         config,
-        launcher: Box::new(LocalLauncher),
+        launcher,
         queue,
         requeue,
         stop,

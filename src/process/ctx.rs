@@ -4,6 +4,7 @@
 //! and by `apply_blocking` callers on the direct lane.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -31,6 +32,9 @@ pub(crate) struct SlotConfig {
     pub(crate) nice: i32,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) init: Option<InitJob>,
+    /// Per slot: the host of a remote slot (see `crate::remote`), `None` for
+    /// a local one.
+    pub(crate) slot_hosts: Vec<Option<Arc<str>>>,
 }
 
 /// What all supervisors of a pool share.

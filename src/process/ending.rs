@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use super::ctx::PoolCtx;
 use super::job::Job;
 use super::launcher::ExitInfo;
-use super::worker::{describe, reap, InFlight, Worker};
+use super::worker::{describe, exit_of, reap, InFlight, Worker};
 use crate::stats::Counters;
 use crate::TaskError;
 
@@ -123,6 +123,12 @@ impl Worker {
                     .await;
             self.inbuf.extend_from_slice(&rest);
             let _ = self.take_results(ctx, &mut inflight);
+            if self.host.is_some() {
+                // A remote worker's launcher closes its stdout just before
+                // it exits with the far status: killing it first would lose
+                // that status.
+                let _ = tokio::time::timeout(Duration::from_secs(2), exit_of(&self.exited)).await;
+            }
         }
         let exit = self.reap().await;
         count_loss(ctx, idx, pid, &stop, exit);
@@ -133,10 +139,15 @@ impl Worker {
             }
             front.job.slot.fail(match stop {
                 Stop::Protocol(message) => TaskError::Protocol { pid, message },
-                _ => TaskError::WorkerDied {
-                    pid,
-                    code: exit.and_then(|e| e.code),
-                    signal: exit.and_then(|e| e.signal),
+                _ => match &self.host {
+                    Some(host) => {
+                        crate::remote::launch::death_error(host, pid, self.launcher_pid, exit)
+                    }
+                    None => TaskError::WorkerDied {
+                        pid,
+                        code: exit.and_then(|e| e.code),
+                        signal: exit.and_then(|e| e.signal),
+                    },
                 },
             });
         }

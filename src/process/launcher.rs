@@ -23,6 +23,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) memory_limit: Option<u64>,
     /// How much lower than the parent's the worker's priority is (0 = same).
     pub(crate) nice: i32,
+    /// The pool slot the worker is for (remote slots have their own launcher).
+    pub(crate) slot: usize,
 }
 
 /// A started worker: the parent's ends of its streams, and the process.

@@ -41,6 +41,8 @@
 //! ```
 //!
 //! `init`, `job` and `launcher` import no other module of this one.
+//! `crate::remote` (workers on other machines) sits beside them: `builder`,
+//! `worker` and `ending` use it, and it uses only `launcher`.
 
 mod builder;
 mod ctx;

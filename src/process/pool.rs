@@ -122,8 +122,10 @@ impl ProcessPool {
         self.handle.workers
     }
 
-    /// Process ids of the live worker processes, for monitoring. A worker that
-    /// is being replaced is missing for a moment.
+    /// Process ids of the live worker processes on this machine, for
+    /// monitoring (remote workers' pids, which name processes elsewhere, are
+    /// in [`workers_info`](Self::workers_info)). A worker that is being
+    /// replaced is missing for a moment.
     ///
     /// ```
     /// let pool = procpool::ProcessPool::new(2)?;
@@ -131,9 +133,34 @@ impl ProcessPool {
     /// # Ok::<(), procpool::Error>(())
     /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
-        (self.handle.ctx.pids.iter())
-            .map(|p| p.load(Ordering::Relaxed))
+        let hosts = &self.handle.ctx.config.slot_hosts;
+        (self.handle.ctx.pids.iter().zip(hosts))
+            .filter(|(_, host)| host.is_none()) // far pids are not ours
+            .map(|(p, _)| p.load(Ordering::Relaxed))
             .filter(|&p| p != 0)
+            .collect()
+    }
+
+    /// Where each live worker runs: its host ([`None`] on this machine) and
+    /// its pid there. Local workers come first, then each
+    /// [`Remote`](crate::Remote)'s, in the order they were added.
+    ///
+    /// ```
+    /// let pool = procpool::ProcessPool::new(2)?;
+    /// let info = pool.workers_info();
+    /// assert_eq!(info.len(), 2);
+    /// assert!(info.iter().all(|w| w.host.is_none()));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn workers_info(&self) -> Vec<crate::WorkerInfo> {
+        let ctx = &self.handle.ctx;
+        (ctx.pids.iter().zip(&ctx.config.slot_hosts))
+            .map(|(p, host)| (p.load(Ordering::Relaxed), host))
+            .filter(|&(pid, _)| pid != 0)
+            .map(|(pid, host)| crate::WorkerInfo {
+                host: host.as_deref().map(str::to_string),
+                pid,
+            })
             .collect()
     }
 
@@ -323,6 +350,12 @@ impl ProcessPool {
                 })
             }
         }
+    }
+
+    /// The slowest worker's average job round trip (send to result, less
+    /// the run time), in nanoseconds; 0 before any was measured.
+    pub(crate) fn round_trip_nanos(&self) -> u64 {
+        self.handle.ctx.counters.round_trip_nanos()
     }
 
     /// What the pool has done so far: queue length, running, completed and

@@ -95,10 +95,12 @@ impl<'a> Service<'a> {
         wire::set_job_seq(job.frame.bytes_mut(), seq, false);
         self.out.push_frame(&job.frame);
         Counters::bump(&self.ctx.counters.running);
+        let sent_idle = self.inflight.is_empty().then(std::time::Instant::now);
         self.inflight.push_back(InFlight {
             seq,
             job,
             cancel_sent: false,
+            sent_idle,
         });
         self.sent += 1;
     }
@@ -169,6 +171,7 @@ impl<'a> Service<'a> {
                 seq: back.seq,
                 job: back.job,
                 cancel_sent: false,
+                sent_idle: None,
             });
             if !matches!(lent, Lent::Stop) {
                 return Some(match back.failure {
@@ -313,7 +316,8 @@ impl<'a> Service<'a> {
         {
             return Some(Stop::Cancelled);
         }
-        if self.retiring.is_none() {
+        // (A remote worker's pid names no process here.)
+        if self.retiring.is_none() && worker.host.is_none() {
             if let Some(limit) = self.ctx.config.max_memory {
                 if rss_bytes(worker.pid).is_some_and(|rss| rss > limit) {
                     self.retiring = Some(Retire::MaxMemory);

@@ -49,7 +49,7 @@ pub(crate) async fn supervise(
             }
             continue;
         }
-        match Worker::start(&ctx).await {
+        match Worker::start(&ctx, idx).await {
             Ok(worker) => {
                 failures = 0;
                 match run_worker(&ctx, idx, worker, &mut ready, &mut carried).await {

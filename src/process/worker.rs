@@ -25,13 +25,23 @@ pub(crate) struct InFlight {
     pub(crate) seq: u64,
     pub(crate) job: Job,
     pub(crate) cancel_sent: bool,
+    /// When it was sent to an idle worker: its result then measures the
+    /// round trip (a job queued behind others would include their run time).
+    pub(crate) sent_idle: Option<std::time::Instant>,
 }
 
 /// One live worker process and its pipes.
 pub(crate) struct Worker {
     /// Taken by [`Worker::reap`]; every path out of `start` or `serve` reaps.
     pub(crate) process: Option<Box<dyn WorkerProcess>>,
+    /// The worker's pid on its machine (for a remote worker, from its HELLO).
     pub(crate) pid: u32,
+    /// The local child's pid: the worker, or a remote worker's launcher.
+    pub(crate) launcher_pid: u32,
+    /// Where a remote worker runs; `None` on this machine.
+    pub(crate) host: Option<std::sync::Arc<str>>,
+    /// The pool slot it serves.
+    pub(crate) slot: usize,
     pub(crate) tx: pipe::Sender,
     pub(crate) rx: pipe::Receiver,
     /// The reply pipe of direct jobs (blocking; read by lane borrowers).
@@ -49,8 +59,23 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Launches a worker, completes its handshake and runs the initializer.
-    pub(crate) async fn start(ctx: &PoolCtx) -> Result<Worker, Error> {
+    pub(crate) async fn start(ctx: &PoolCtx, idx: usize) -> Result<Worker, Error> {
+        let host = ctx.config.slot_hosts[idx].clone();
+        let started = Worker::start_on(ctx, idx, host.clone()).await;
+        // A remote worker's start failure names its host.
+        started.map_err(|e| match &host {
+            Some(h) => crate::remote::launch::start_error(h, e),
+            None => e,
+        })
+    }
+
+    async fn start_on(
+        ctx: &PoolCtx,
+        idx: usize,
+        host: Option<std::sync::Arc<str>>,
+    ) -> Result<Worker, Error> {
         let spec = LaunchSpec {
+            slot: idx,
             identity: ctx.config.identity,
             max_frame: ctx.config.max_frame,
             memory_limit: ctx.config.memory_limit,
@@ -72,6 +97,9 @@ impl Worker {
         let mut worker = Worker {
             process: Some(process),
             pid,
+            launcher_pid: pid,
+            host,
+            slot: idx,
             tx,
             rx,
             exited: exit_watch(pid).and_then(|fd| {
@@ -118,7 +146,11 @@ impl Worker {
         let pid = self.pid;
         let body = self.read_frame(max).await;
         match body.as_ref().map(|b| b.as_deref().map(FromWorker::decode)) {
-            Ok(Some(Ok(FromWorker::Hello { .. }))) => {}
+            Ok(Some(Ok(FromWorker::Hello { pid: far, .. }))) => {
+                if self.host.is_some() {
+                    self.pid = far; // errors and stats name the far process
+                }
+            }
             Ok(Some(Ok(FromWorker::Refused { reason }))) => {
                 return Err(Error::BuildMismatch {
                     pid,
@@ -292,6 +324,10 @@ impl Worker {
         match inflight.pop_front() {
             Some(entry) => {
                 counters.running.fetch_sub(1, Ordering::Relaxed);
+                if let Some(sent) = entry.sent_idle {
+                    let total = sent.elapsed().as_nanos() as u64;
+                    counters.note_round_trip(self.slot, total.saturating_sub(nanos));
+                }
                 ctx.finished(&entry.job, status, nanos);
                 entry.job.slot.deliver(status, payload, self.pid);
             }

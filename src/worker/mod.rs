@@ -8,6 +8,7 @@
 //! exits. `main` never runs in a worker.
 
 mod runner;
+pub(crate) mod stdio;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,9 +119,12 @@ fn worker_entry() {
     // SAFETY: constructors run before `main`, while the process has a single
     // thread, so nothing can read the environment concurrently.
     unsafe { std::env::remove_var(ENV_VAR) };
-    let code = match value.to_str().and_then(Spec::parse) {
-        Some(spec) => runner::serve(spec),
-        None => {
+    // A worker started through a remote launcher has only stdio (see `stdio`).
+    let stdio = value.to_str().and_then(stdio::run);
+    let code = match (stdio, value.to_str().and_then(Spec::parse)) {
+        (Some(code), _) => code,
+        (None, Some(spec)) => runner::serve(spec),
+        (None, None) => {
             eprintln!("procpool: malformed {ENV_VAR} value {value:?}; not a worker");
             3
         }

@@ -30,7 +30,8 @@ pub(super) fn serve(spec: Spec) -> i32 {
             OwnedFd::from_raw_fd(spec.input),
             File::from_raw_fd(spec.output),
             (spec.reply >= 0).then(|| File::from_raw_fd(spec.reply)),
-            OwnedFd::from_raw_fd(spec.lifeline),
+            // -1: the caller watches its lifeline itself (stdio mode).
+            (spec.lifeline >= 0).then(|| OwnedFd::from_raw_fd(spec.lifeline)),
         )
     };
     // The descriptors were inherited across exec; processes this worker's
@@ -44,7 +45,9 @@ pub(super) fn serve(spec: Spec) -> i32 {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
-    watch_lifeline(lifeline);
+    if let Some(lifeline) = lifeline {
+        watch_lifeline(lifeline);
+    }
     super::OUTPUT_FD.store(spec.output, std::sync::atomic::Ordering::Relaxed);
     panic_info::install(true);
 
