@@ -192,22 +192,28 @@ impl Launcher for LocalLauncher {
             to_worker: job_w,
             from_worker: res_r,
             replies: Some(reply_r),
-            process: Box::new(LocalProcess {
-                child,
-                _lifeline: life_w,
-            }),
+            process: Box::new(ChildProcess::new(child, Some(life_w))),
         })
     }
 }
 
-struct LocalProcess {
+/// A worker process that is our direct child (started locally, or the local
+/// client of a remote one), with anything that must live exactly as long.
+pub(crate) struct ChildProcess {
     child: Child,
-    /// The parent's end of the lifeline: never written, closed when this
-    /// process dies or the worker is reaped.
-    _lifeline: OwnedFd,
+    /// Held until the process is dropped: for a local worker, the parent's end
+    /// of the lifeline (never written, closed when this process dies or the
+    /// worker is reaped).
+    _keep: Option<OwnedFd>,
 }
 
-impl WorkerProcess for LocalProcess {
+impl ChildProcess {
+    pub(crate) fn new(child: Child, keep: Option<OwnedFd>) -> ChildProcess {
+        ChildProcess { child, _keep: keep }
+    }
+}
+
+impl WorkerProcess for ChildProcess {
     fn pid(&self) -> u32 {
         self.child.id()
     }

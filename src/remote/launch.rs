@@ -8,12 +8,12 @@
 //! the worker's watch thread ends it at once.
 
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 
 use super::{ship, ssh, How, Remote};
 use crate::process::launcher::{
-    cloexec_pipe, ExitInfo, LaunchSpec, Launched, Launcher, WorkerProcess,
+    cloexec_pipe, ChildProcess, ExitInfo, LaunchSpec, Launched, Launcher,
 };
 use crate::worker::stdio::serve_spec;
 use crate::{Error, TaskError};
@@ -123,7 +123,7 @@ impl Launcher for RemoteLauncher {
             to_worker: job_w,
             from_worker: res_r,
             replies: None, // no direct lane over a launcher
-            process: Box::new(RemoteProcess { child }),
+            process: Box::new(ChildProcess::new(child, None)),
         })
     }
 }
@@ -156,36 +156,6 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
     }
     #[cfg(not(all(target_os = "linux", not(procpool_portable))))]
     let _ = cmd;
-}
-
-struct RemoteProcess {
-    child: Child,
-}
-
-impl WorkerProcess for RemoteProcess {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill(&mut self) {
-        // Harmless once reaped (see `LocalProcess::kill`).
-        let _ = self.child.kill();
-    }
-
-    fn wait(&mut self) -> io::Result<ExitInfo> {
-        self.child.wait().map(exit_info)
-    }
-
-    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>> {
-        Ok(self.child.try_wait()?.map(exit_info))
-    }
-}
-
-fn exit_info(status: std::process::ExitStatus) -> ExitInfo {
-    ExitInfo {
-        code: status.code(),
-        signal: status.signal(),
-    }
 }
 
 /// Launches each slot with its own launcher: local slots first, then each

@@ -59,6 +59,27 @@ fn write_to_parent(bytes: &[u8]) {
     }
 }
 
+/// Ends this worker process at once when `wait` returns, which a thread of
+/// its own waits for: the parent is gone, whatever a task is doing meanwhile.
+/// A worker that cannot start that thread could outlive its parent, so it
+/// refuses to run instead.
+fn exit_when(wait: impl FnOnce() + Send + 'static) {
+    let watcher = move || {
+        wait();
+        // SAFETY: `_exit` ends the process without running any code that
+        // could observe half-finished state.
+        unsafe { libc::_exit(0) }
+    };
+    if std::thread::Builder::new()
+        .name("procpool-lifeline".into())
+        .spawn(watcher)
+        .is_err()
+    {
+        // SAFETY: as above.
+        unsafe { libc::_exit(5) }
+    }
+}
+
 /// True inside a worker process. A process pool must not be built here.
 pub(crate) fn is_worker() -> bool {
     IS_WORKER.load(Ordering::Relaxed)

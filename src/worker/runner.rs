@@ -99,30 +99,11 @@ pub(super) fn serve(spec: Spec) -> i32 {
 /// happens when the parent exits for any reason, SIGKILL included, even while
 /// a task is running.
 fn watch_lifeline(lifeline: OwnedFd) {
-    let watcher = move || {
+    super::exit_when(move || {
         let mut byte = [0u8; 1];
-        loop {
-            match rustix::io::read(&lifeline, &mut byte) {
-                Err(rustix::io::Errno::INTR) => continue,
-                Ok(n) if n > 0 => continue,
-                // End of file or an error: the parent is gone.
-                _ => {
-                    // SAFETY: `_exit` ends the process without running any
-                    // code that could observe half-finished state.
-                    unsafe { libc::_exit(0) }
-                }
-            }
-        }
-    };
-    if std::thread::Builder::new()
-        .name("procpool-lifeline".into())
-        .spawn(watcher)
-        .is_err()
-    {
-        // Without a watcher the worker could outlive its parent: refuse to run.
-        // SAFETY: as above.
-        unsafe { libc::_exit(5) }
-    }
+        // Returns at end of file or an error: the parent is gone.
+        while let Err(rustix::io::Errno::INTR) | Ok(1..) = rustix::io::read(&lifeline, &mut byte) {}
+    });
 }
 
 /// A job received but not started: its argument bytes stay in `inbuf`.

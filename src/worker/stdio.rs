@@ -129,21 +129,7 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
 
 /// Ends the process when `fd`'s other end hangs up.
 fn watch_hangup(fd: OwnedFd) {
-    let watcher = move || {
-        wait_for_hangup(fd.as_fd());
-        // SAFETY: `_exit` ends the process without running any code that
-        // could observe half-finished state.
-        unsafe { libc::_exit(0) }
-    };
-    if std::thread::Builder::new()
-        .name("procpool-lifeline".into())
-        .spawn(watcher)
-        .is_err()
-    {
-        // Without a watcher the worker could outlive its parent: refuse to run.
-        // SAFETY: as above.
-        unsafe { libc::_exit(5) }
-    }
+    super::exit_when(move || wait_for_hangup(fd.as_fd()));
 }
 
 /// Returns once `fd` reports hang-up (or an error). No readable interest is
