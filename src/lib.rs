@@ -148,6 +148,8 @@ mod process;
 mod stats;
 mod task;
 mod thread_pool;
+// (Cancel frames are sent only by the Unix backend.)
+#[cfg_attr(windows, allow(dead_code))]
 mod wire;
 mod worker;
 

@@ -246,12 +246,12 @@ async fn crash_fails_one_task(crash: fn(()) -> u32, code: Option<i32>, signal: O
 
 #[tokio::test]
 async fn an_abort_fails_only_its_task() {
-    crash_fails_one_task(aborts, None, Some(libc::SIGABRT)).await;
+    crash_fails_one_task(aborts, ABORTED.0, ABORTED.1).await;
 }
 
 #[tokio::test]
 async fn a_segfault_fails_only_its_task() {
-    crash_fails_one_task(segfaults, None, Some(libc::SIGSEGV)).await;
+    crash_fails_one_task(segfaults, SEGFAULTED.0, SEGFAULTED.1).await;
 }
 
 #[tokio::test]

@@ -7,9 +7,15 @@
 //! not become workers), serves jobs until the parent closes the job pipe, and
 //! exits. `main` never runs in a worker.
 
+#[cfg_attr(windows, path = "windows_runner.rs")]
 mod runner;
 
+#[cfg(unix)]
 use std::os::fd::RawFd;
+/// On Windows the worker's channels are its standard input and output, and
+/// these numbers are unused (-1).
+#[cfg(windows)]
+type RawFd = i32;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Environment variable that turns a process into a worker.
@@ -20,6 +26,7 @@ static IS_WORKER: AtomicBool = AtomicBool::new(false);
 /// Inside a worker, the descriptor the running job's result goes to (the
 /// result pipe, or the reply pipe during a direct job); -1 elsewhere. Only the
 /// protocol-fault test hooks use it.
+#[cfg(unix)]
 pub(crate) static OUTPUT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// Test hook: from inside a task, writes bytes that are not a valid frame to
@@ -48,6 +55,12 @@ pub fn write_bytes_to_parent(bytes: &[u8]) {
     write_to_parent(bytes);
 }
 
+#[cfg(windows)]
+fn write_to_parent(bytes: &[u8]) {
+    runner::write_to_parent(bytes);
+}
+
+#[cfg(unix)]
 fn write_to_parent(bytes: &[u8]) {
     let fd = OUTPUT_FD.load(Ordering::Relaxed);
     if fd >= 0 {
