@@ -135,11 +135,7 @@ fn takes_undeserializable(_: Undeserializable) -> u64 {
 
 #[cfg(windows)]
 fn open_fds() -> usize {
-    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount};
-    let mut n = 0u32;
-    // SAFETY: queries this process's own handle count into `n`.
-    assert!(unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut n) } != 0);
-    n as usize
+    common::handle_count()
 }
 
 #[cfg(windows)]
@@ -150,32 +146,7 @@ fn fd_targets() -> Vec<String> {
 /// (running, zombie) children of this process; Windows has no zombies.
 #[cfg(windows)]
 fn children() -> (Vec<u32>, Vec<u32>) {
-    use windows_sys::Win32::Foundation::CloseHandle;
-    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
-        CreateToolhelp32Snapshot, Process32First, Process32Next, PROCESSENTRY32, TH32CS_SNAPPROCESS,
-    };
-    let me = std::process::id();
-    let mut live = vec![];
-    // SAFETY: the snapshot handle is checked and closed; `entry` is sized as
-    // the API requires before the first call.
-    unsafe {
-        let snap = CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0);
-        assert!(
-            !snap.is_null() && snap as isize != -1,
-            "no process snapshot"
-        );
-        let mut entry: PROCESSENTRY32 = std::mem::zeroed();
-        entry.dwSize = std::mem::size_of::<PROCESSENTRY32>() as u32;
-        let mut more = Process32First(snap, &mut entry) != 0;
-        while more {
-            if entry.th32ParentProcessID == me && common::is_running(entry.th32ProcessID) {
-                live.push(entry.th32ProcessID);
-            }
-            more = Process32Next(snap, &mut entry) != 0;
-        }
-        CloseHandle(snap);
-    }
-    (live, vec![])
+    (common::child_pids(), vec![])
 }
 
 #[cfg(unix)]

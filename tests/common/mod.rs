@@ -28,11 +28,12 @@ pub const KILLED: (Option<i32>, Option<i32>) = (None, Some(libc::SIGKILL));
 pub const KILLED: (Option<i32>, Option<i32>) = (Some(1), None);
 
 /// Kills process `pid` at once (SIGKILL; `TerminateProcess` with code 1).
-pub fn kill(pid: u32) {
+/// `true` if the kill was delivered.
+pub fn kill(pid: u32) -> bool {
     #[cfg(unix)]
     {
         // SAFETY: kill(2) with a pid of a process we started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) == 0 }
     }
     #[cfg(windows)]
     {
@@ -43,10 +44,12 @@ pub fn kill(pid: u32) {
         // SAFETY: the handle is checked, used once, and closed.
         unsafe {
             let h = OpenProcess(PROCESS_TERMINATE, 0, pid);
-            if !h.is_null() {
-                TerminateProcess(h, 1);
-                CloseHandle(h);
+            if h.is_null() {
+                return false;
             }
+            let killed = TerminateProcess(h, 1) != 0;
+            CloseHandle(h);
+            killed
         }
     }
 }
@@ -72,6 +75,47 @@ pub fn is_running(pid: u32) -> bool {
         CloseHandle(h);
         running
     }
+}
+
+/// The number of handles this process has open (its descriptor count).
+#[cfg(windows)]
+pub fn handle_count() -> usize {
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount};
+    let mut n = 0u32;
+    // SAFETY: queries this process's own handle count into `n`.
+    assert!(unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut n) } != 0);
+    n as usize
+}
+
+/// Running child processes of this process.
+#[cfg(windows)]
+pub fn child_pids() -> Vec<u32> {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        CreateToolhelp32Snapshot, Process32First, Process32Next, PROCESSENTRY32, TH32CS_SNAPPROCESS,
+    };
+    let me = std::process::id();
+    let mut live = vec![];
+    // SAFETY: the snapshot handle is checked and closed; `entry` is sized as
+    // the API requires before the first call.
+    unsafe {
+        let snap = CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0);
+        assert!(
+            !snap.is_null() && snap as isize != -1,
+            "no process snapshot"
+        );
+        let mut entry: PROCESSENTRY32 = std::mem::zeroed();
+        entry.dwSize = std::mem::size_of::<PROCESSENTRY32>() as u32;
+        let mut more = Process32First(snap, &mut entry) != 0;
+        while more {
+            if entry.th32ParentProcessID == me && is_running(entry.th32ProcessID) {
+                live.push(entry.th32ProcessID);
+            }
+            more = Process32Next(snap, &mut entry) != 0;
+        }
+        CloseHandle(snap);
+    }
+    live
 }
 
 /// True when `pid` is gone. (Windows has no zombies to reap: an exited
