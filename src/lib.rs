@@ -132,8 +132,12 @@
 //! # Platforms
 //!
 //! Linux is the tested platform. macOS should build and work (without
-//! `PR_SET_PDEATHSIG`: the lifeline pipe alone ends orphaned workers). Windows
-//! is not supported yet.
+//! `PR_SET_PDEATHSIG`: the lifeline pipe alone ends orphaned workers).
+//! Windows has a real `ProcessPool` too, tested under Wine: workers started
+//! with `CreateProcess`, killed with `TerminateProcess`, kept from outliving
+//! their parent by a Job Object; a crash shows as its NTSTATUS exit code, and
+//! a task's stdout goes to stderr. The README's "Platforms" section lists what
+//! differs.
 
 #![warn(missing_docs)]
 
