@@ -24,7 +24,10 @@ scripts/wine/build.sh "$PROCPOOL_WINE_SHIM_DIR"
 # Wine's crash handler prints a full register dump for the tests' deliberate
 # crashes; keep the log readable by default.
 export WINEDEBUG="${WINEDEBUG:--all}"
-for t in process_pool thread_pool faults map parent_process; do
+for t in process_pool thread_pool faults map parent_process lifecycle; do
   echo "--- $t (Wine)"
   timeout 900 cargo test --target x86_64-pc-windows-gnu --test "$t"
 done
+# The chaos soak, shorter than natively: every round trip crosses wineserver.
+echo "--- chaos (Wine, 2000 tasks)"
+PROCPOOL_CHAOS_TASKS=2000 timeout 900 cargo test --target x86_64-pc-windows-gnu --test chaos
