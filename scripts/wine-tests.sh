@@ -24,6 +24,8 @@ scripts/wine/build.sh "$PROCPOOL_WINE_SHIM_DIR"
 # Wine's crash handler prints a full register dump for the tests' deliberate
 # crashes; keep the log readable by default.
 export WINEDEBUG="${WINEDEBUG:--all}"
+echo "--- unit tests (Wine)"
+timeout 900 cargo test --target x86_64-pc-windows-gnu --lib
 for t in process_pool thread_pool faults map parent_process lifecycle; do
   echo "--- $t (Wine)"
   timeout 900 cargo test --target x86_64-pc-windows-gnu --test "$t"
