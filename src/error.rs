@@ -193,11 +193,40 @@ fn fmt_where(location: &Option<String>, pid: &Option<u32>) -> String {
 fn fmt_exit(code: &Option<i32>, signal: &Option<i32>) -> String {
     match (code, signal) {
         (_, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(*sig)),
-        (Some(c), None) => format!("exited with code {c}"),
+        (Some(c), None) => format!("exited with code {c}{}", status_name(*c)),
         (None, None) => "unknown exit status".to_string(),
     }
 }
 
+/// On Windows a process killed by an exception exits with its NTSTATUS code
+/// (say 0xC0000005 for an access violation): named here, as signals are.
+#[cfg(windows)]
+fn status_name(code: i32) -> String {
+    let name = match code as u32 {
+        0xC000_0005 => "STATUS_ACCESS_VIOLATION",
+        0xC000_001D => "STATUS_ILLEGAL_INSTRUCTION",
+        0xC000_0094 => "STATUS_INTEGER_DIVIDE_BY_ZERO",
+        0xC000_00FD => "STATUS_STACK_OVERFLOW",
+        0xC000_0409 => "STATUS_STACK_BUFFER_OVERRUN (abort)",
+        0xC000_013A => "STATUS_CONTROL_C_EXIT",
+        0xC000_0017 => "STATUS_NO_MEMORY",
+        c if c >= 0xC000_0000 => "an NTSTATUS error",
+        _ => return String::new(),
+    };
+    format!(" ({:#010X}, {name})", code as u32)
+}
+
+#[cfg(not(windows))]
+fn status_name(_code: i32) -> &'static str {
+    ""
+}
+
+#[cfg(not(unix))]
+fn signal_name(_sig: i32) -> &'static str {
+    "signal"
+}
+
+#[cfg(unix)]
 fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGABRT => "SIGABRT",

@@ -149,15 +149,15 @@ pub(crate) fn build_identity() -> std::io::Result<u64> {
 const IDENTITY_SPAN: u64 = 64 * 1024;
 
 fn hash_running_image(h: &mut Fnv) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
+    use crate::image::read_exact_at;
     let file = crate::image::open()?;
     let len = file.metadata()?.len();
     h.write_u64(len);
     let span = IDENTITY_SPAN.min(len);
     let mut buf = vec![0u8; span as usize];
-    file.read_exact_at(&mut buf, 0)?;
+    read_exact_at(&file, &mut buf, 0)?;
     h.write(&buf);
-    file.read_exact_at(&mut buf, len - span)?;
+    read_exact_at(&file, &mut buf, len - span)?;
     h.write(&buf);
     Ok(())
 }

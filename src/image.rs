@@ -15,6 +15,9 @@
 //!   program's path while that is still the same file; once a deploy has put
 //!   another file there, workers run a private copy written from the kept
 //!   descriptor instead, in a directory only this user can write.
+//! - **Windows**: a running executable cannot be overwritten or deleted (only
+//!   renamed), so the file at [`std::env::current_exe`] is the running image;
+//!   workers are started from it and the identity is read from it.
 
 use std::io;
 use std::path::PathBuf;
@@ -52,6 +55,47 @@ pub(crate) fn remember_at_start() {
     }
 }
 
+/// Fills `buf` from `file` at `offset`, without using the file's own offset
+/// (which the portable backend shares between duplicates).
+pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.seek_read(&mut buf[done..], offset + done as u64)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Windows: the file at the program's path is the running image (see the
+/// module docs).
+#[cfg(windows)]
+mod portable {
+    use std::fs::File;
+    use std::io;
+    use std::path::PathBuf;
+
+    pub(super) fn remember() {}
+
+    pub(super) fn kept() -> io::Result<File> {
+        File::open(std::env::current_exe()?)
+    }
+
+    pub(super) fn program() -> io::Result<PathBuf> {
+        std::env::current_exe()
+    }
+}
+
+#[cfg(unix)]
 mod portable {
     use std::fs::File;
     use std::io::{self, Write};

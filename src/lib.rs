@@ -137,13 +137,19 @@
 //! thread per worker watches for its exit, the lifeline alone ends orphans, and
 //! a descriptor kept from start lets workers run the original build after a
 //! deploy. Building with `RUSTFLAGS="--cfg procpool_portable"` forces that
-//! backend on Linux, which is how it is tested. The README's "Platforms"
-//! section lists what is tested where.
+//! backend on Linux, which is how it is tested.
+//!
+//! Windows has a real `ProcessPool` too, tested under Wine: workers started
+//! with `CreateProcess`, killed with `TerminateProcess`, kept from outliving
+//! their parent by a Job Object; a crash shows as its NTSTATUS exit code, and
+//! a task's stdout goes to stderr. The README's "Platforms" section lists what
+//! is tested where and what differs.
 
 #![warn(missing_docs)]
 
 mod buffer;
 mod error;
+#[cfg(unix)]
 mod exe_hash;
 mod func_ref;
 mod image;
@@ -155,6 +161,8 @@ mod remote;
 mod stats;
 mod task;
 mod thread_pool;
+// (Cancel frames are sent only by the Unix backend.)
+#[cfg_attr(windows, allow(dead_code))]
 mod wire;
 mod worker;
 

@@ -114,10 +114,23 @@ impl Tally {
     }
 }
 
+#[cfg(windows)]
+fn open_fds() -> usize {
+    common::handle_count()
+}
+
+/// Child processes and their state letter (Windows: 'R', it has no zombies).
+#[cfg(windows)]
+fn child_processes() -> Vec<(u32, char)> {
+    common::child_pids().into_iter().map(|p| (p, 'R')).collect()
+}
+
+#[cfg(unix)]
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+#[cfg(unix)]
 fn child_processes() -> Vec<(u32, char)> {
     let me = std::process::id();
     std::fs::read_dir("/proc")
@@ -219,8 +232,7 @@ fn soak_process_pool(tasks: u64) {
                     continue;
                 }
                 let victim = pids[rng.below(pids.len() as u64) as usize];
-                let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
-                if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                if common::kill(victim) {
                     Tally::bump(&tally.kills);
                 }
             }

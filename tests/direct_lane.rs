@@ -3,6 +3,10 @@
 //! borrower and the worker's supervisor: queued work arriving while the worker
 //! is lent, terminate and shutdown during a borrow, recycling limits and idle
 //! timeouts that must still hold when the supervisor sees none of the calls.
+//!
+//! Unix only: Windows has no direct lane (`apply_blocking` goes through the
+//! queue there), and these checks fork and signal.
+#![cfg(unix)]
 
 mod common;
 

@@ -6,10 +6,17 @@
 //! a separate program), so the tests run one after another in `main`, and
 //! some re-execute this binary in a role.
 
+//!
+//! Unix only: every scenario here is about signals, process groups,
+//! descriptors or replacing a running executable, which Windows does not have
+//! (or forbids). On Windows `main` says so and runs nothing.
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
+
 #[path = "common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+#[cfg(unix)]
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -43,6 +50,7 @@ fn exit_zero(_: ()) -> u32 {
     std::process::exit(0)
 }
 
+#[cfg(unix)]
 fn stop_myself(_: ()) -> u32 {
     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
     std::process::id()
@@ -55,6 +63,7 @@ fn leave_a_thread_running(_: ()) -> u32 {
     std::process::id()
 }
 
+#[cfg(unix)]
 fn close_every_descriptor(_: ()) -> u32 {
     for fd in 0..1024 {
         // SAFETY: deliberately misbehaving task: it closes descriptors it does
@@ -87,6 +96,7 @@ fn panic_with_ten_megabytes(_: ()) -> u32 {
 
 // ---------------------------------------------------------------- roles
 
+#[cfg(unix)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -143,6 +153,7 @@ fn role_ctrlc_unhandled() {
     std::thread::sleep(Duration::from_secs(120));
 }
 
+#[cfg(unix)]
 /// A long-running service across a deploy: answers one request per stdin
 /// line. `pid` runs a task; `kill` SIGKILLs the worker; `chdir` moves away.
 fn role_deploy() {
@@ -201,6 +212,7 @@ fn this_exe() -> std::path::PathBuf {
     std::env::current_exe().unwrap()
 }
 
+#[cfg(unix)]
 /// Starts `cmd` as the leader of its own session and process group, as a
 /// shell does with a foreground job.
 fn spawn_in_own_session(cmd: &mut Command) -> Child {
@@ -228,6 +240,7 @@ fn pids_after(line: &str, prefix: &str) -> Vec<u32> {
         .collect()
 }
 
+#[cfg(unix)]
 fn interrupt_group(leader: &Child) {
     let pgid = rustix::process::Pid::from_raw(leader.id() as i32).unwrap();
     rustix::process::kill_process_group(pgid, rustix::process::Signal::INT).unwrap();
@@ -235,6 +248,7 @@ fn interrupt_group(leader: &Child) {
 
 // ---------------------------------------------------------------- 1. Ctrl-C
 
+#[cfg(unix)]
 fn ctrl_c_to_the_group_lets_a_handling_program_finish_its_tasks() {
     let mut child = spawn_in_own_session(&mut role(&this_exe(), "ctrlc-handled"));
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -260,6 +274,7 @@ fn ctrl_c_to_the_group_lets_a_handling_program_finish_its_tasks() {
         .all(|&p| !is_running(p))));
 }
 
+#[cfg(unix)]
 fn ctrl_c_ends_a_program_that_does_not_handle_it_and_its_workers() {
     let mut child = spawn_in_own_session(&mut role(&this_exe(), "ctrlc-unhandled"));
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -286,6 +301,7 @@ fn deployed_copy(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (dir, app)
 }
 
+#[cfg(unix)]
 /// Writes a different build over `app` the way a deploy does: a new file,
 /// then `mv` over the old name.
 fn deploy_new_build(app: &Path) {
@@ -347,6 +363,7 @@ impl Service {
     }
 }
 
+#[cfg(unix)]
 fn a_deploy_over_the_executable_does_not_stop_the_pool() {
     let (_dir, app) = deployed_copy("deploy-mv");
     let (mut service, _) = Service::start(role(&app, "deploy"));
@@ -357,6 +374,7 @@ fn a_deploy_over_the_executable_does_not_stop_the_pool() {
     service.stop();
 }
 
+#[cfg(unix)]
 fn a_program_started_through_a_symlink_survives_its_target_changing() {
     let (dir, app) = deployed_copy("deploy-link");
     let link = dir.join("current");
@@ -591,6 +609,7 @@ fn exit_zero_inside_a_task_is_a_worker_death_not_a_success() {
     assert_eq!(pool.apply_blocking(square, 4), Ok(16));
 }
 
+#[cfg(unix)]
 fn a_task_that_stops_itself_is_still_killed_by_a_timeout() {
     let pool = ProcessPool::new(1).unwrap();
     let worker = pool.worker_pids()[0];
@@ -624,6 +643,7 @@ fn a_task_that_leaves_a_thread_running_fails_nothing() {
     assert!(wait_until(Duration::from_secs(5), || is_reaped(first)));
 }
 
+#[cfg(unix)]
 fn a_task_that_closes_every_descriptor_fails_only_itself() {
     let pool = ProcessPool::new(1).unwrap();
     let worker = pool.worker_pids()[0];
@@ -741,6 +761,7 @@ fn many_pools_leave_nothing_behind() {
     assert!(grown < 32 * 1024, "RSS grew by {grown} KiB over 200 pools");
 }
 
+#[cfg(unix)]
 fn run_tests() {
     common::run_sequentially(&[
         (
@@ -804,4 +825,9 @@ fn run_tests() {
             &many_pools_leave_nothing_behind,
         ),
     ]);
+}
+
+#[cfg(not(unix))]
+fn main() {
+    println!("hazards: Unix-only scenarios (see the file's docs); none run on this platform");
 }

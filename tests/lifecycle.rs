@@ -72,6 +72,7 @@ fn leak_mib(mib: usize) -> u32 {
     std::process::id()
 }
 
+#[cfg(unix)]
 fn niceness(_: ()) -> i32 {
     rustix::process::getpriority_process(None).unwrap()
 }
@@ -351,6 +352,8 @@ async fn a_thread_pool_has_a_bounded_queue_and_stats() {
     assert_eq!(s.wait_time.count, 4);
 }
 
+// Niceness is Unix's; Windows maps it to priority classes instead.
+#[cfg(unix)]
 #[tokio::test]
 async fn workers_can_run_at_a_lower_priority() {
     let base = niceness(());

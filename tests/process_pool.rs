@@ -53,6 +53,15 @@ fn segfaults(_: ()) -> u32 {
     0
 }
 
+/// Prints (on Windows the worker's stdout is the parent's stderr), then
+/// answers: the printed bytes must not reach the protocol stream.
+fn prints_then_answers(n: u32) -> u32 {
+    for i in 0..n {
+        println!("procpool test: line {i} printed by a task");
+    }
+    n * 2
+}
+
 fn exits_3(_: ()) -> u32 {
     std::process::exit(3)
 }
@@ -246,12 +255,12 @@ async fn crash_fails_one_task(crash: fn(()) -> u32, code: Option<i32>, signal: O
 
 #[tokio::test]
 async fn an_abort_fails_only_its_task() {
-    crash_fails_one_task(aborts, None, Some(libc::SIGABRT)).await;
+    crash_fails_one_task(aborts, ABORTED.0, ABORTED.1).await;
 }
 
 #[tokio::test]
 async fn a_segfault_fails_only_its_task() {
-    crash_fails_one_task(segfaults, None, Some(libc::SIGSEGV)).await;
+    crash_fails_one_task(segfaults, SEGFAULTED.0, SEGFAULTED.1).await;
 }
 
 #[tokio::test]
@@ -458,4 +467,14 @@ fn a_detached_task_still_runs() {
     assert!(wait_until(Duration::from_secs(20), || dir
         .join("detached")
         .exists()));
+}
+
+#[tokio::test]
+async fn a_task_printing_to_stdout_does_not_corrupt_results() {
+    let pool = ProcessPool::new(1).unwrap();
+    for n in [1, 5] {
+        assert_eq!(pool.apply(prints_then_answers, n).await, Ok(n * 2));
+    }
+    let restarts = pool.stats().restarts;
+    assert_eq!((restarts.crashed, restarts.protocol), (0, 0));
 }

@@ -275,8 +275,9 @@ impl ProcessPoolBuilder {
     /// # Ok::<(), procpool::Error>(())
     /// ```
     ///
-    /// Linux only (it reads `/proc`): elsewhere [`build`](Self::build) fails
-    /// with an [`Error::Io`] of kind `Unsupported` rather than ignore it.
+    /// Linux (it reads `/proc`) and Windows (the working set) only: elsewhere
+    /// [`build`](Self::build) fails with an [`Error::Io`] of kind
+    /// `Unsupported` rather than ignore it.
     pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
         self
@@ -527,7 +528,9 @@ impl ProcessPoolBuilder {
             }
             None => None,
         };
-        if self.max_memory.is_some() && !cfg!(target_os = "linux") {
+        // Resident memory is read from /proc on Linux and as the working set
+        // on Windows; other systems have no such reading here.
+        if self.max_memory.is_some() && !cfg!(any(target_os = "linux", windows)) {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "max_memory_per_worker reads a worker's resident memory from /proc, which this \

@@ -12,7 +12,9 @@ use tokio::io::AsyncReadExt;
 use super::ctx::PoolCtx;
 use super::job::Job;
 use super::launcher::ExitInfo;
-use super::worker::{describe, exit_of, reap, InFlight, Worker};
+#[cfg(unix)]
+use super::worker::exit_of;
+use super::worker::{describe, reap, InFlight, Worker};
 use crate::stats::Counters;
 use crate::TaskError;
 
@@ -123,6 +125,7 @@ impl Worker {
                     .await;
             self.inbuf.extend_from_slice(&rest);
             let _ = self.take_results(ctx, &mut inflight);
+            #[cfg(unix)]
             if self.host.is_some() {
                 // A remote worker's launcher closes its stdout just before
                 // it exits with the far status: killing it first would lose
@@ -140,10 +143,11 @@ impl Worker {
             front.job.slot.fail(match stop {
                 Stop::Protocol(message) => TaskError::Protocol { pid, message },
                 _ => match &self.host {
+                    #[cfg(unix)]
                     Some(host) => {
                         crate::remote::launch::death_error(host, pid, self.launcher_pid, exit)
                     }
-                    None => TaskError::WorkerDied {
+                    _ => TaskError::WorkerDied {
                         pid,
                         code: exit.and_then(|e| e.code),
                         signal: exit.and_then(|e| e.signal),

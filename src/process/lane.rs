@@ -40,7 +40,11 @@
 //! matters when a task forked without exec: the child holds the reply pipe
 //! open, so its end of file would never come.
 
+#[cfg(unix)]
 use std::os::fd::RawFd;
+/// (No direct lane on Windows; the type only keeps this module compiling.)
+#[cfg(not(unix))]
+type RawFd = i32;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 

@@ -44,21 +44,40 @@
 //! `crate::remote` (workers on other machines) sits beside them: `builder`,
 //! `worker` and `ending` use it, and it uses only `launcher`.
 
+//!
+//! # Windows
+//!
+//! `direct`, `launcher`, `serve` and `worker` have Windows counterparts in
+//! `windows/` (same names, same roles): workers talk over their standard
+//! input and output, one job at a time, with no direct lane (`lend` and
+//! `outbox` are Unix only; `lane` compiles but is never opened).
+
 mod builder;
+// Parts of these serve only the Unix pipelining and direct lane.
+#[cfg_attr(windows, allow(dead_code))]
 mod ctx;
+#[cfg_attr(windows, path = "windows/direct.rs")]
 mod direct;
 mod ending;
+#[cfg(unix)]
 mod exit_watch;
 mod init;
+#[cfg_attr(windows, allow(dead_code))]
 mod job;
+#[cfg_attr(windows, allow(dead_code))]
 mod lane;
+#[cfg_attr(windows, path = "windows/launcher.rs")]
 pub(crate) mod launcher;
+#[cfg(unix)]
 mod lend;
+#[cfg(unix)]
 mod outbox;
 mod pool;
+#[cfg_attr(windows, path = "windows/serve.rs")]
 mod serve;
 mod slot;
 mod start;
+#[cfg_attr(windows, path = "windows/worker.rs")]
 mod worker;
 
 pub use builder::ProcessPoolBuilder;

@@ -12,8 +12,11 @@
 //! * [`launch`] is the [`Launcher`](crate::process::launcher::Launcher) for
 //!   remote slots, and what their exit statuses mean.
 
+#[cfg(unix)]
 pub(crate) mod launch;
+#[cfg(unix)]
 pub(crate) mod ship;
+#[cfg(unix)]
 pub(crate) mod ssh;
 
 use std::ffi::OsString;
@@ -251,6 +254,30 @@ pub(crate) fn launcher(
     if remotes.iter().all(|r| r.workers == 0) {
         return Ok(Box::new(LocalLauncher));
     }
+    #[cfg(windows)]
+    {
+        let _ = local;
+        let remote = remotes
+            .iter()
+            .find(|r| r.workers > 0)
+            .expect("checked above");
+        Err(crate::Error::Remote {
+            host: remote.host().to_string(),
+            message: "remote workers are not supported on Windows yet".into(),
+        })
+    }
+    #[cfg(unix)]
+    {
+        remote_launcher(local, remotes)
+    }
+}
+
+#[cfg(unix)]
+fn remote_launcher(
+    local: usize,
+    remotes: &[Remote],
+) -> Result<Box<dyn crate::process::launcher::Launcher>, crate::Error> {
+    use crate::process::launcher::LocalLauncher;
     let hash = crate::exe_hash::own_hash()?;
     let mut launchers = vec![None; local];
     for remote in remotes.iter().filter(|r| r.workers > 0) {

@@ -7,10 +7,17 @@
 //! not become workers), serves jobs until the parent closes the job pipe, and
 //! exits. `main` never runs in a worker.
 
+#[cfg_attr(windows, path = "windows_runner.rs")]
 mod runner;
+#[cfg(unix)]
 pub(crate) mod stdio;
 
+#[cfg(unix)]
 use std::os::fd::RawFd;
+/// On Windows the worker's channels are its standard input and output, and
+/// these numbers are unused (-1).
+#[cfg(windows)]
+type RawFd = i32;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Environment variable that turns a process into a worker.
@@ -21,6 +28,7 @@ static IS_WORKER: AtomicBool = AtomicBool::new(false);
 /// Inside a worker, the descriptor the running job's result goes to (the
 /// result pipe, or the reply pipe during a direct job); -1 elsewhere. Only the
 /// protocol-fault test hooks use it.
+#[cfg(unix)]
 pub(crate) static OUTPUT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// Test hook: from inside a task, writes bytes that are not a valid frame to
@@ -49,6 +57,12 @@ pub fn write_bytes_to_parent(bytes: &[u8]) {
     write_to_parent(bytes);
 }
 
+#[cfg(windows)]
+fn write_to_parent(bytes: &[u8]) {
+    runner::write_to_parent(bytes);
+}
+
+#[cfg(unix)]
 fn write_to_parent(bytes: &[u8]) {
     let fd = OUTPUT_FD.load(Ordering::Relaxed);
     if fd >= 0 {
@@ -63,6 +77,7 @@ fn write_to_parent(bytes: &[u8]) {
 /// its own waits for: the parent is gone, whatever a task is doing meanwhile.
 /// A worker that cannot start that thread could outlive its parent, so it
 /// refuses to run instead.
+#[cfg(unix)]
 fn exit_when(wait: impl FnOnce() + Send + 'static) {
     let watcher = move || {
         wait();
@@ -141,7 +156,10 @@ fn worker_entry() {
     // thread, so nothing can read the environment concurrently.
     unsafe { std::env::remove_var(ENV_VAR) };
     // A worker started through a remote launcher has only stdio (see `stdio`).
+    #[cfg(unix)]
     let stdio = value.to_str().and_then(stdio::run);
+    #[cfg(not(unix))]
+    let stdio: Option<i32> = None;
     let code = match (stdio, value.to_str().and_then(Spec::parse)) {
         (Some(code), _) => code,
         (None, Some(spec)) => runner::serve(spec),

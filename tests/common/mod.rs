@@ -1,8 +1,152 @@
-//! Helpers shared by the integration tests: process inspection via /proc.
+//! Helpers shared by the integration tests: process inspection (via /proc on
+//! Unix, process handles on Windows), waiting, temp dirs.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
+/// How a worker that called `std::process::abort` ends, as the pair
+/// `(code, signal)` of `TaskError::WorkerDied`: SIGABRT on Unix; on Windows
+/// Rust's abort is a fail-fast exception, exit code 0xC0000409.
+#[cfg(unix)]
+pub const ABORTED: (Option<i32>, Option<i32>) = (None, Some(libc::SIGABRT));
+#[cfg(windows)]
+pub const ABORTED: (Option<i32>, Option<i32>) = (Some(0xC000_0409_u32 as i32), None);
+
+/// How a worker that wrote through a null pointer ends: SIGSEGV on Unix, the
+/// access violation NTSTATUS 0xC0000005 on Windows.
+#[cfg(unix)]
+pub const SEGFAULTED: (Option<i32>, Option<i32>) = (None, Some(libc::SIGSEGV));
+#[cfg(windows)]
+pub const SEGFAULTED: (Option<i32>, Option<i32>) = (Some(0xC000_0005_u32 as i32), None);
+
+/// How a worker killed from outside ends: SIGKILL on Unix; on Windows
+/// `TerminateProcess`, with the exit code the killer chose (1, as std's
+/// `Child::kill` and [`kill`] here use).
+#[cfg(unix)]
+pub const KILLED: (Option<i32>, Option<i32>) = (None, Some(libc::SIGKILL));
+#[cfg(windows)]
+pub const KILLED: (Option<i32>, Option<i32>) = (Some(1), None);
+
+/// Kills process `pid` at once (SIGKILL; `TerminateProcess` with code 1).
+/// `true` if the kill was delivered.
+pub fn kill(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill(2) with a pid of a process we started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) == 0 }
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, TerminateProcess, PROCESS_TERMINATE,
+        };
+        // SAFETY: the handle is checked, used once, and closed.
+        unsafe {
+            let h = OpenProcess(PROCESS_TERMINATE, 0, pid);
+            if h.is_null() {
+                return false;
+            }
+            let killed = TerminateProcess(h, 1) != 0;
+            CloseHandle(h);
+            killed
+        }
+    }
+}
+
+/// True while `pid` is a running process (Windows: one that has not exited).
+#[cfg(windows)]
+pub fn is_running(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE,
+    };
+    // SAFETY: the handle is checked, used once, and closed.
+    unsafe {
+        let h = OpenProcess(
+            PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION,
+            0,
+            pid,
+        );
+        if h.is_null() {
+            return false;
+        }
+        let running = WaitForSingleObject(h, 0) == WAIT_TIMEOUT;
+        CloseHandle(h);
+        running
+    }
+}
+
+/// The number of handles this process has open (its descriptor count).
+///
+/// Wine answers `GetProcessHandleCount` with 0, so where it does, the handle
+/// values that name an open handle are counted instead (Wine hands out the
+/// lowest free value, so a test process's handles stay far below the range
+/// probed; that they do is checked).
+#[cfg(windows)]
+pub fn handle_count() -> usize {
+    use windows_sys::Win32::Foundation::{GetHandleInformation, HANDLE};
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount};
+    let mut n = 0u32;
+    // SAFETY: queries this process's own handle count into `n`.
+    assert!(unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut n) } != 0);
+    if n > 0 {
+        return n as usize;
+    }
+    const VALUES: usize = 0x1000;
+    let open = |v: usize| {
+        let mut flags = 0u32;
+        // SAFETY: only asks whether the value names an open handle; nothing
+        // is used or changed.
+        unsafe { GetHandleInformation((v * 4) as HANDLE, &mut flags) != 0 }
+    };
+    assert!(
+        !(VALUES - 64..VALUES).any(open),
+        "handles beyond the probed range: the count would be wrong"
+    );
+    (1..VALUES).filter(|&v| open(v)).count()
+}
+
+/// Running child processes of this process.
+#[cfg(windows)]
+pub fn child_pids() -> Vec<u32> {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        CreateToolhelp32Snapshot, Process32First, Process32Next, PROCESSENTRY32, TH32CS_SNAPPROCESS,
+    };
+    let me = std::process::id();
+    let mut live = vec![];
+    // SAFETY: the snapshot handle is checked and closed; `entry` is sized as
+    // the API requires before the first call.
+    unsafe {
+        let snap = CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0);
+        assert!(
+            !snap.is_null() && snap as isize != -1,
+            "no process snapshot"
+        );
+        let mut entry: PROCESSENTRY32 = std::mem::zeroed();
+        entry.dwSize = std::mem::size_of::<PROCESSENTRY32>() as u32;
+        let mut more = Process32First(snap, &mut entry) != 0;
+        while more {
+            if entry.th32ParentProcessID == me && is_running(entry.th32ProcessID) {
+                live.push(entry.th32ProcessID);
+            }
+            more = Process32Next(snap, &mut entry) != 0;
+        }
+        CloseHandle(snap);
+    }
+    live
+}
+
+/// True when `pid` is gone. (Windows has no zombies to reap: an exited
+/// process is gone for our purposes, and its pid is not reused while the
+/// pool holds its handle.)
+#[cfg(windows)]
+pub fn is_reaped(pid: u32) -> bool {
+    !is_running(pid)
+}
+
+#[cfg(unix)]
 /// The process state letter from /proc/PID/stat, or None if it does not exist.
 pub fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -11,6 +155,7 @@ pub fn proc_state(pid: u32) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+#[cfg(unix)]
 /// Parent pid of `pid`, if it exists.
 pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -18,11 +163,13 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
+#[cfg(unix)]
 /// True while `pid` is a running (not zombie) process.
 pub fn is_running(pid: u32) -> bool {
     matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
 }
 
+#[cfg(unix)]
 /// True when `pid` is gone entirely: neither running nor a zombie child of
 /// ours (so it was reaped).
 pub fn is_reaped(pid: u32) -> bool {
