@@ -312,7 +312,15 @@ async fn automatic_chunks_grow_for_cheap_items() {
         }
     }
     runs.push(len);
-    assert_eq!(runs[0], 1, "the first chunk probes with one item");
+    // The first chunks leave before any is measured, so they hold one item
+    // each; a worker may still run several of them back to back (one slow
+    // to start, as under Wine, leaves them all to the other), which reads as
+    // one short run here, never as a chunk sized without a measurement.
+    assert!(
+        runs[0] <= 16,
+        "the first chunks are one-item probes: {:?}",
+        &runs[..runs.len().min(10)]
+    );
     assert!(
         runs.iter().any(|&r| r >= 1000),
         "chunks never grew: {:?}",
