@@ -717,6 +717,45 @@ fn a_command_launcher_checks_the_build_too() {
     }
 }
 
+fn allocates_1_gib(_: ()) -> usize {
+    let v = vec![1u8; 1 << 30];
+    std::hint::black_box(&v).len()
+}
+
+/// The memory limit reaches the far side: an allocation beyond it kills that
+/// worker only, with a typed error.
+fn the_memory_limit_applies_to_remote_workers() {
+    let pool = ProcessPool::builder()
+        .memory_limit_per_worker(256 << 20)
+        .remote(ssh(1))
+        .build()
+        .unwrap();
+    match block_on(pool.apply(allocates_1_gib, ())) {
+        Err(TaskError::RemoteWorkerDied { host, signal, .. }) => {
+            assert_eq!(host, HOST);
+            assert_eq!(signal, Some(libc::SIGABRT), "out of memory aborts");
+        }
+        other => panic!("unexpected: {other:?}"),
+    }
+    assert_eq!(block_on(pool.apply(square, 6)), Ok(36));
+}
+
+/// What cannot be honoured for remote workers is refused, not ignored.
+fn max_memory_is_refused_for_remote_workers() {
+    // (Earlier pools' clients go away in the background.)
+    assert!(wait_until(Duration::from_secs(10), || our_ssh_clients().is_empty()));
+    let built = ProcessPool::builder()
+        .workers(1)
+        .max_memory_per_worker(1 << 30)
+        .remote(ssh(1))
+        .build();
+    match built {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::Unsupported),
+        other => panic!("unexpected: {other:?}"),
+    }
+    assert!(our_ssh_clients().is_empty(), "refused before any ssh");
+}
+
 // ---------------------------------------------------------------------------
 // Slurm-style launchers.
 
@@ -840,6 +879,14 @@ fn main() {
         (
             "a_command_launcher_runs_workers",
             &a_command_launcher_runs_workers,
+        ),
+        (
+            "the_memory_limit_applies_to_remote_workers",
+            &the_memory_limit_applies_to_remote_workers,
+        ),
+        (
+            "max_memory_is_refused_for_remote_workers",
+            &max_memory_is_refused_for_remote_workers,
         ),
     ];
     let mut failed = 0;

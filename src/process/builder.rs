@@ -527,6 +527,13 @@ impl ProcessPoolBuilder {
             }
             None => None,
         };
+        if self.max_memory.is_some() && !self.remotes.is_empty() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "max_memory_per_worker cannot watch remote workers' memory; use \
+                 memory_limit_per_worker, which remote workers apply themselves",
+            )));
+        }
         if self.max_memory.is_some() && !cfg!(target_os = "linux") {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,

@@ -45,8 +45,11 @@ use std::path::PathBuf;
 /// stdout or stderr on the far side arrives on this process's stderr (through
 /// the launcher); it never mixes with the protocol. Remote workers have no
 /// direct lane ([`apply_blocking`](crate::ProcessPool::apply_blocking) queues
-/// to them), and [`max_memory_per_worker`](crate::ProcessPoolBuilder::max_memory_per_worker)
-/// is not checked for them.
+/// to them), and a pool with remotes refuses
+/// [`max_memory_per_worker`](crate::ProcessPoolBuilder::max_memory_per_worker)
+/// (it cannot watch their memory; use
+/// [`memory_limit_per_worker`](crate::ProcessPoolBuilder::memory_limit_per_worker),
+/// which the far side applies with `ulimit -d`).
 ///
 /// ```no_run
 /// use procpool::{ProcessPool, Remote};
