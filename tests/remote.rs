@@ -5,7 +5,10 @@
 //! The server comes from `PROCPOOL_TEST_SSH_CONFIG` (an ssh client config
 //! with a `procpool-test` host, as the script prints), else this binary
 //! starts one with the script and stops it at the end. Without sshd the tests
-//! fail under `CI=true` and are skipped (saying so) elsewhere.
+//! fail under `CI=true` and are skipped (saying so) elsewhere. One more test
+//! runs workers through a real `srun` when `PROCPOOL_TEST_SLURM_CONF` names
+//! the config of a single-node Slurm (`scripts/test-slurm.sh start`, which
+//! `.ci/run` does).
 //!
 //! `harness = false`: the scenarios run one after another in one process, so
 //! counts of our own ssh clients are exact, and `--role=holder` re-executes
@@ -740,6 +743,43 @@ fn the_memory_limit_applies_to_remote_workers() {
     assert_eq!(block_on(pool.apply(square, 6)), Ok(36));
 }
 
+/// Through a real single-node Slurm, when one is up (`scripts/test-slurm.sh
+/// start` prints the `SLURM_CONF` to export as `PROCPOOL_TEST_SLURM_CONF`).
+/// `-u` (unbuffered): srun line-buffers task output by default, which would
+/// hold a frame back until a newline byte happens to follow.
+fn a_real_srun_runs_workers() {
+    let Some(conf) = std::env::var_os("PROCPOOL_TEST_SLURM_CONF") else {
+        println!("  skipped: no Slurm (PROCPOOL_TEST_SLURM_CONF unset)");
+        return;
+    };
+    // Read by every srun the pool starts (they inherit the environment).
+    std::env::set_var("SLURM_CONF", conf);
+    let remote = Remote::command(["srun", "-u", "-N1", "-n1", "--"]).workers(2);
+    let pool = ProcessPool::builder().remote(remote).build().unwrap();
+    let out: Vec<u64> = pool
+        .map_blocking(square, 0..2000u64)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, (0..2000u64).map(|x| x * x).collect::<Vec<_>>());
+    let file = temp_dir("slurm").join("pid");
+    let task = pool.spawn(announce_and_sleep, file.clone());
+    let far_pid = wait_for_pid_file(&file);
+    drop(task);
+    assert!(
+        wait_until(Duration::from_secs(5), || !is_running(far_pid)),
+        "the job step's worker outlived the drop"
+    );
+    match block_on(pool.apply(exits_3, ())) {
+        Err(TaskError::RemoteWorkerDied {
+            host,
+            code: Some(3),
+            ..
+        }) => assert_eq!(host, "srun"),
+        other => panic!("unexpected: {other:?}"),
+    }
+    assert_eq!(block_on(pool.apply(square, 8)), Ok(64));
+}
+
 /// What cannot be honoured for remote workers is refused, not ignored.
 fn max_memory_is_refused_for_remote_workers() {
     // (Earlier pools' clients go away in the background.)
@@ -884,6 +924,7 @@ fn main() {
             "the_memory_limit_applies_to_remote_workers",
             &the_memory_limit_applies_to_remote_workers,
         ),
+        ("a_real_srun_runs_workers", &a_real_srun_runs_workers),
         (
             "max_memory_is_refused_for_remote_workers",
             &max_memory_is_refused_for_remote_workers,

@@ -59,7 +59,7 @@ use std::path::PathBuf;
 /// let pool = ProcessPool::builder()
 ///     .workers(2)                                                  // on this machine
 ///     .remote(Remote::ssh("user@host").arg("-p").arg("2222").workers(4))
-///     .remote(Remote::command(["srun", "-N1", "-n1", "--"]).workers(8))
+///     .remote(Remote::command(["srun", "-u", "-N1", "-n1", "--"]).workers(8))
 ///     .build()?;
 /// assert_eq!(pool.apply_blocking(square, 12), Ok(144));
 /// for info in pool.workers_info() {
@@ -110,7 +110,7 @@ impl Remote {
     /// runner, or a wrapper script of your own. Must not be empty.
     ///
     /// ```
-    /// let remote = procpool::Remote::command(["srun", "-N1", "-n1", "--"]).workers(8);
+    /// let remote = procpool::Remote::command(["srun", "-u", "-N1", "-n1", "--"]).workers(8);
     /// assert_eq!(remote.host(), "srun");
     /// ```
     pub fn command<I, S>(argv: I) -> Remote
