@@ -7,7 +7,9 @@
 #
 # Needs the Debian packages slurm-wlm and munge, and root. Everything lives in
 # $PROCPOOL_SLURM_DIR (default /tmp/procpool-slurm-$UID); the daemons listen on
-# ports 16817/16818. `start` is idempotent.
+# the fixed ports 16817/16818, so one instance serves the whole machine (a
+# second `start` elsewhere finds it answering and uses it). `start` is
+# idempotent.
 set -euo pipefail
 
 dir="${PROCPOOL_SLURM_DIR:-/tmp/procpool-slurm-$(id -u)}"
