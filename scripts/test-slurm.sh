@@ -39,10 +39,12 @@ start() {
   mkdir -p "$dir/state" "$dir/spool" /run/munge
   chown munge:munge /run/munge
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged --pid-file="$dir/munged.pid.tmp" 2>/dev/null || true
-    # munged writes its pid file as munge: keep a copy root owns.
-    for _ in $(seq 50); do [[ -f "$dir/munged.pid.tmp" ]] && break; sleep 0.1; done
-    cp "$dir/munged.pid.tmp" "$dir/munged.pid" 2>/dev/null || true
+    # munged runs as munge and writes its pid file as munge, so the file goes
+    # to munge's run directory; a copy here tells `stop` to end it.
+    local pidfile=/run/munge/procpool-munged.pid
+    runuser -u munge -- /usr/sbin/munged --pid-file="$pidfile"
+    for _ in $(seq 50); do [[ -s "$pidfile" ]] && break; sleep 0.1; done
+    cp "$pidfile" "$dir/munged.pid"
   fi
   local host
   host="$(hostname -s)"
