@@ -20,11 +20,21 @@ alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 answers() { timeout 30 srun -N1 -n1 -- true >/dev/null 2>&1; }
 
+# Ends the job steps still running (a step daemon outlives slurmd otherwise),
+# then the daemons: politely, then for sure.
 stop() {
+  if alive "$dir/slurmctld.pid"; then
+    scancel --user="$(id -un)" 2>/dev/null || true
+    for _ in $(seq 50); do
+      [[ -z "$(squeue -h 2>/dev/null)" ]] && break
+      sleep 0.1
+    done
+  fi
   for pid in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munged.pid"; do
     if alive "$pid"; then
       kill "$(cat "$pid")" 2>/dev/null || true
       for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+      alive "$pid" && kill -KILL "$(cat "$pid")" 2>/dev/null || true
     fi
   done
   rm -rf "$dir"
