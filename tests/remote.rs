@@ -5,7 +5,10 @@
 //! The server comes from `PROCPOOL_TEST_SSH_CONFIG` (an ssh client config
 //! with a `procpool-test` host, as the script prints), else this binary
 //! starts one with the script and stops it at the end. Without sshd the tests
-//! fail under `CI=true` and are skipped (saying so) elsewhere.
+//! fail under `CI=true` and are skipped (saying so) elsewhere. One more test
+//! runs workers through a real `srun` when `PROCPOOL_TEST_SLURM_CONF` names
+//! the config of a single-node Slurm (`scripts/test-slurm.sh start`, which
+//! `.ci/run` does).
 //!
 //! `harness = false`: the scenarios run one after another in one process, so
 //! counts of our own ssh clients are exact, and `--role=holder` re-executes

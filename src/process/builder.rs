@@ -528,6 +528,13 @@ impl ProcessPoolBuilder {
             }
             None => None,
         };
+        if self.max_memory.is_some() && !self.remotes.is_empty() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "max_memory_per_worker cannot watch remote workers' memory; use \
+                 memory_limit_per_worker, which remote workers apply themselves",
+            )));
+        }
         // Resident memory is read from /proc on Linux and as the working set
         // on Windows; other systems have no such reading here.
         if self.max_memory.is_some() && !cfg!(any(target_os = "linux", windows)) {

@@ -48,8 +48,11 @@ use std::path::PathBuf;
 /// stdout or stderr on the far side arrives on this process's stderr (through
 /// the launcher); it never mixes with the protocol. Remote workers have no
 /// direct lane ([`apply_blocking`](crate::ProcessPool::apply_blocking) queues
-/// to them), and [`max_memory_per_worker`](crate::ProcessPoolBuilder::max_memory_per_worker)
-/// is not checked for them.
+/// to them), and a pool with remotes refuses
+/// [`max_memory_per_worker`](crate::ProcessPoolBuilder::max_memory_per_worker)
+/// (it cannot watch their memory; use
+/// [`memory_limit_per_worker`](crate::ProcessPoolBuilder::memory_limit_per_worker),
+/// which the far side applies with `ulimit -d`).
 ///
 /// ```no_run
 /// use procpool::{ProcessPool, Remote};
@@ -59,7 +62,7 @@ use std::path::PathBuf;
 /// let pool = ProcessPool::builder()
 ///     .workers(2)                                                  // on this machine
 ///     .remote(Remote::ssh("user@host").arg("-p").arg("2222").workers(4))
-///     .remote(Remote::command(["srun", "-N1", "-n1", "--"]).workers(8))
+///     .remote(Remote::command(["srun", "-u", "-N1", "-n1", "--"]).workers(8))
 ///     .build()?;
 /// assert_eq!(pool.apply_blocking(square, 12), Ok(144));
 /// for info in pool.workers_info() {
@@ -110,7 +113,7 @@ impl Remote {
     /// runner, or a wrapper script of your own. Must not be empty.
     ///
     /// ```
-    /// let remote = procpool::Remote::command(["srun", "-N1", "-n1", "--"]).workers(8);
+    /// let remote = procpool::Remote::command(["srun", "-u", "-N1", "-n1", "--"]).workers(8);
     /// assert_eq!(remote.host(), "srun");
     /// ```
     pub fn command<I, S>(argv: I) -> Remote

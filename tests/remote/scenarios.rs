@@ -706,6 +706,82 @@ fn a_command_launcher_checks_the_build_too() {
     }
 }
 
+fn allocates_1_gib(_: ()) -> usize {
+    let v = vec![1u8; 1 << 30];
+    std::hint::black_box(&v).len()
+}
+
+/// The memory limit reaches the far side: an allocation beyond it kills that
+/// worker only, with a typed error.
+fn the_memory_limit_applies_to_remote_workers() {
+    let pool = ProcessPool::builder()
+        .memory_limit_per_worker(256 << 20)
+        .remote(ssh(1))
+        .build()
+        .unwrap();
+    match block_on(pool.apply(allocates_1_gib, ())) {
+        Err(TaskError::RemoteWorkerDied { host, signal, .. }) => {
+            assert_eq!(host, HOST);
+            assert_eq!(signal, Some(libc::SIGABRT), "out of memory aborts");
+        }
+        other => panic!("unexpected: {other:?}"),
+    }
+    assert_eq!(block_on(pool.apply(square, 6)), Ok(36));
+}
+
+/// Through a real single-node Slurm, when one is up (`scripts/test-slurm.sh
+/// start` prints the `SLURM_CONF` to export as `PROCPOOL_TEST_SLURM_CONF`).
+/// `-u` (unbuffered): srun line-buffers task output by default, which would
+/// hold a frame back until a newline byte happens to follow.
+fn a_real_srun_runs_workers() {
+    let Some(conf) = std::env::var_os("PROCPOOL_TEST_SLURM_CONF") else {
+        println!("  skipped: no Slurm (PROCPOOL_TEST_SLURM_CONF unset)");
+        return;
+    };
+    // Read by every srun the pool starts (they inherit the environment).
+    std::env::set_var("SLURM_CONF", conf);
+    let remote = Remote::command(["srun", "-u", "-N1", "-n1", "--"]).workers(2);
+    let pool = ProcessPool::builder().remote(remote).build().unwrap();
+    let out: Vec<u64> = pool
+        .map_blocking(square, 0..2000u64)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, (0..2000u64).map(|x| x * x).collect::<Vec<_>>());
+    let file = temp_dir("slurm").join("pid");
+    let task = pool.spawn(announce_and_sleep, file.clone());
+    let far_pid = wait_for_pid_file(&file);
+    drop(task);
+    assert!(
+        wait_until(Duration::from_secs(5), || !is_running(far_pid)),
+        "the job step's worker outlived the drop"
+    );
+    match block_on(pool.apply(exits_3, ())) {
+        Err(TaskError::RemoteWorkerDied {
+            host,
+            code: Some(3),
+            ..
+        }) => assert_eq!(host, "srun"),
+        other => panic!("unexpected: {other:?}"),
+    }
+    assert_eq!(block_on(pool.apply(square, 8)), Ok(64));
+}
+
+/// What cannot be honoured for remote workers is refused, not ignored.
+fn max_memory_is_refused_for_remote_workers() {
+    // (Earlier pools' clients go away in the background.)
+    assert!(wait_until(Duration::from_secs(10), || our_ssh_clients().is_empty()));
+    let built = ProcessPool::builder()
+        .workers(1)
+        .max_memory_per_worker(1 << 30)
+        .remote(ssh(1))
+        .build();
+    match built {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::Unsupported),
+        other => panic!("unexpected: {other:?}"),
+    }
+    assert!(our_ssh_clients().is_empty(), "refused before any ssh");
+}
+
 // ---------------------------------------------------------------------------
 // Slurm-style launchers.
 
@@ -829,6 +905,15 @@ pub fn main() {
         (
             "a_command_launcher_runs_workers",
             &a_command_launcher_runs_workers,
+        ),
+        (
+            "the_memory_limit_applies_to_remote_workers",
+            &the_memory_limit_applies_to_remote_workers,
+        ),
+        ("a_real_srun_runs_workers", &a_real_srun_runs_workers),
+        (
+            "max_memory_is_refused_for_remote_workers",
+            &max_memory_is_refused_for_remote_workers,
         ),
     ];
     let mut failed = 0;
