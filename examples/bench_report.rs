@@ -195,7 +195,7 @@ struct RoundTrip {
     raw_pipe: f64,
     /// `apply_blocking` from a plain thread (the direct lane).
     process: f64,
-    /// `apply(..).await` on a current-thread runtime (through the supervisor).
+    /// `apply(..).await` on a current-thread runtime (the async direct lane).
     process_async: f64,
     thread: f64,
     spawn_blocking: f64,
@@ -249,7 +249,13 @@ fn round_trip(cfg: &Config, pinned: bool) -> Option<RoundTrip> {
         fresh(
             || {
                 let pool = procpool::ProcessPool::new(1).expect("process pool");
-                (pool, tokio_runtime(1))
+                // As services run it (`#[tokio::main]`): with its reactor,
+                // which the async direct lane waits on.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                (pool, rt)
             },
             |(pool, rt)| {
                 black_box(rt.block_on(pool.apply(square, black_box(3))).expect("task"));

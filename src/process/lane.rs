@@ -42,7 +42,8 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -56,6 +57,10 @@ const WANTED: u32 = 4;
 /// With `LENT`: the supervisor stopped watching the queue; tell it when the
 /// borrow ends.
 const WATCHED: u32 = 8;
+
+/// How often a supervisor waiting for an async borrower asks it again to
+/// finish elsewhere.
+pub(crate) const TAKEOVER_AGAIN: Duration = Duration::from_millis(10);
 
 /// One worker slot's lane.
 pub(crate) struct Lane {
@@ -76,6 +81,20 @@ pub(crate) struct Lane {
     done: AtomicU64,
     /// A job whose worker failed, handed back for the supervisor to settle.
     handback: Mutex<Option<Handback>>,
+    /// While an async borrower holds the lane: how the supervisor makes it
+    /// finish without being polled (see [`Takeover`]).
+    takeover: Mutex<Option<Arc<dyn Takeover>>>,
+}
+
+/// An async borrower's call is finished by whoever polls its task; when the
+/// supervisor needs the worker back (terminate, shutdown, queued work, an
+/// aborted task) it cannot wait for that, and has the call finished
+/// elsewhere.
+pub(crate) trait Takeover: Send + Sync {
+    /// Finishes the call on a helper thread (or, if its task was cancelled,
+    /// gives the worker back to be killed); only if cancelled when
+    /// `cancelled_only`.
+    fn take_over(&self, cancelled_only: bool);
 }
 
 /// The lent worker, as the borrower sees it (see [`Lane::loan`]).
@@ -102,6 +121,9 @@ pub(crate) enum Failure {
     Died,
     /// The worker sent something other than the job's result.
     Protocol(String),
+    /// The job's task was cancelled while the worker ran it (an async
+    /// borrower's): the worker must be killed.
+    Cancelled,
 }
 
 /// What the supervisor finds when it has its worker back.
@@ -126,6 +148,7 @@ impl Default for Lane {
             budget: AtomicU64::new(0),
             done: AtomicU64::new(0),
             handback: Mutex::new(None),
+            takeover: Mutex::new(None),
         }
     }
 }
@@ -215,10 +238,25 @@ impl Lane {
         self.done.load(Ordering::Relaxed)
     }
 
-    /// Waits until the lane is given back; the lane is closed afterwards.
+    /// Waits until the lane is given back; the lane is closed afterwards. An
+    /// async borrower is made to finish (and asked again now and then, as it
+    /// may be starting just now).
     pub(crate) async fn given_back(&self) {
         while !self.reclaim() {
-            self.back.notified().await;
+            self.take_over(false);
+            let _ = tokio::time::timeout(TAKEOVER_AGAIN, self.back.notified()).await;
+        }
+    }
+
+    /// Has an async borrower's call finished elsewhere (see [`Takeover`]).
+    pub(crate) fn take_over(&self, cancelled_only: bool) {
+        let takeover = self
+            .takeover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(takeover) = takeover {
+            takeover.take_over(cancelled_only);
         }
     }
 
@@ -272,6 +310,11 @@ impl Lane {
     /// Spends one job of the worker's budget: `true` while some is left.
     pub(crate) fn spend(&self) -> bool {
         self.budget.fetch_sub(1, Ordering::Relaxed) > 1
+    }
+
+    /// Set by an async borrower while its call runs.
+    pub(crate) fn set_takeover(&self, takeover: Option<Arc<dyn Takeover>>) {
+        *self.takeover.lock().unwrap_or_else(|e| e.into_inner()) = takeover;
     }
 
     /// Leaves a job whose worker failed for the supervisor to settle.

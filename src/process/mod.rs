@@ -41,6 +41,7 @@
 //!
 //! `init`, `job` and `launcher` import no other module of this one.
 
+mod async_lane;
 mod builder;
 mod ctx;
 mod direct;

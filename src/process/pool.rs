@@ -14,8 +14,8 @@ use serde::Serialize;
 use futures::Stream;
 
 use super::ctx::PoolCtx;
-use super::direct;
 use super::job::{self, Frame, Job};
+use super::{async_lane, direct};
 use crate::func_ref::FnRef;
 use crate::map::{Map, MapIter, ProcessChunks};
 use crate::stats::PoolStats;
@@ -179,12 +179,30 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned + Send + 'static,
         T: Serialize + ?Sized,
     {
-        let (job, task) = match self.prepare(f, args) {
+        let (job, mut task) = match self.prepare(f, args) {
             Ok(prepared) => prepared,
             Err(failed) => return failed,
         };
-        self.enqueue(job);
+        if let Some(job) = self.try_async_lane(job, &mut task) {
+            self.enqueue(job);
+        }
         task
+    }
+
+    /// Inside a tokio runtime, tries the [async direct lane](super::async_lane)
+    /// for `job`; gives it back if it must be queued.
+    fn try_async_lane<R>(&self, job: Job, task: &mut Task<R>) -> Option<Job> {
+        if self.handle.jobs.is_closed() {
+            return Some(job); // (the queue fails it)
+        }
+        match async_lane::start(&self.handle.ctx, job) {
+            Ok(Some(driver)) => {
+                task.drive_with(driver);
+                None
+            }
+            Ok(None) => None,
+            Err(job) => Some(job),
+        }
     }
 
     /// Queues a prepared job (waiting for room on a bounded queue).
@@ -270,9 +288,12 @@ impl ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let (job, task) = match self.prepare(f, &args) {
+        let (job, mut task) = match self.prepare(f, &args) {
             Ok(prepared) => prepared,
             Err(failed) => return failed,
+        };
+        let Some(job) = self.try_async_lane(job, &mut task) else {
+            return task;
         };
         match self.handle.jobs.send(job).await {
             Ok(()) => self.queued(),

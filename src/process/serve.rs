@@ -163,6 +163,7 @@ impl<'a> Service<'a> {
             other => other,
         };
         if let Some(back) = settled.handback {
+            let back_cancelled = back.job.slot.is_cancelled();
             // Settled below like any job in flight (the borrower
             // counted it as running).
             self.inflight.push_back(InFlight {
@@ -172,7 +173,10 @@ impl<'a> Service<'a> {
             });
             if !matches!(lent, Lent::Stop) {
                 return Some(match back.failure {
+                    // (Its task was aborted: the supervisor killed it.)
+                    Failure::Died if back_cancelled => Stop::Cancelled,
                     Failure::Died => Stop::Died,
+                    Failure::Cancelled => Stop::Cancelled,
                     Failure::Protocol(message) => Stop::Protocol(message),
                 });
             }
