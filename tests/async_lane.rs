@@ -104,7 +104,10 @@ fn dropping_a_task_mid_call_kills_its_worker_and_the_next_task_is_served() {
         let waited = tokio::time::timeout(Duration::from_millis(300), task).await;
         assert!(waited.is_err(), "the endless task returned");
     });
-    assert!(marker.exists(), "the task had started before it was dropped");
+    assert!(
+        marker.exists(),
+        "the task had started before it was dropped"
+    );
     assert!(
         wait_until(Duration::from_secs(2), || is_reaped(victim)),
         "the worker running the dropped task was not killed within 2 s"
@@ -175,7 +178,10 @@ fn a_crash_is_seen_while_a_forked_child_holds_the_reply_pipe() {
         }
         other => panic!("expected the worker's death: {other:?}"),
     }
-    assert!(took < Duration::from_secs(30), "the crash went unnoticed ({took:?})");
+    assert!(
+        took < Duration::from_secs(30),
+        "the crash went unnoticed ({took:?})"
+    );
 }
 
 #[test]
@@ -197,7 +203,10 @@ fn terminate_ends_an_async_call_with_pool_closed() {
         killer.join().unwrap();
         outcome
     });
-    assert_eq!(outcome.expect("terminate ended the call"), Err(TaskError::PoolClosed));
+    assert_eq!(
+        outcome.expect("terminate ended the call"),
+        Err(TaskError::PoolClosed)
+    );
     assert!(is_reaped(worker), "the worker outlived terminate");
 }
 
@@ -245,7 +254,10 @@ fn max_tasks_per_worker_holds_for_async_calls() {
         *runs.entry(*p).or_default() += 1;
     }
     assert_eq!(runs.len(), 3, "three workers for nine tasks: {pids:?}");
-    assert!(runs.values().all(|&n| n == 3), "each ran exactly 3: {pids:?}");
+    assert!(
+        runs.values().all(|&n| n == 3),
+        "each ran exactly 3: {pids:?}"
+    );
     assert!(pids.chunks(3).all(|c| c[0] == c[1] && c[1] == c[2]));
 }
 
@@ -276,7 +288,11 @@ fn many_async_and_blocking_callers_share_two_workers() {
             })
             .collect();
         let burst: Vec<_> = (0..500u64).map(|i| pool.spawn(square, i)).collect();
-        for (i, r) in futures::future::join_all(burst).await.into_iter().enumerate() {
+        for (i, r) in futures::future::join_all(burst)
+            .await
+            .into_iter()
+            .enumerate()
+        {
             assert_eq!(r, Ok((i * i) as u64));
         }
         for c in callers {
@@ -316,13 +332,18 @@ fn a_detached_async_task_still_runs() {
         pool.spawn(mark_then_sleep, (marker.clone(), 50)).detach();
     });
     wait_for(&marker);
-    assert!(wait_until(Duration::from_secs(10), || pool.stats().completed == 1));
+    assert!(wait_until(Duration::from_secs(10), || pool
+        .stats()
+        .completed
+        == 1));
 }
 
 #[test]
 fn a_runtime_without_a_reactor_takes_the_queue() {
     let pool = ProcessPool::new(1).unwrap();
-    let bare = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let bare = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     bare.block_on(async {
         for i in 0..20u64 {
             assert_eq!(pool.apply(square, i).await, Ok(i * i));
