@@ -126,7 +126,10 @@ fn abort_kills_the_worker_even_when_the_task_is_not_polled() {
     let pool = ProcessPool::new(1).unwrap();
     let victim = pool.worker_pids()[0];
     let rt = current_thread();
-    let task = rt.block_on(async { pool.spawn(mark_then_sleep, (marker.clone(), u64::MAX)) });
+    let task = {
+        let _in_runtime = rt.enter();
+        pool.spawn(mark_then_sleep, (marker.clone(), u64::MAX))
+    };
     wait_for(&marker);
     task.abort();
     assert!(
@@ -310,16 +313,26 @@ fn many_async_and_blocking_callers_share_two_workers() {
 fn a_task_awaited_off_its_current_thread_runtime_still_completes() {
     let pool = ProcessPool::new(1).unwrap();
     let rt = current_thread();
-    let task = rt.block_on(async { pool.spawn(square, 11) });
+    let task = {
+        let _in_runtime = rt.enter();
+        pool.spawn(square, 11)
+    };
     // The runtime no longer runs: another thread, another executor.
     let elsewhere = std::thread::spawn(move || futures::executor::block_on(task));
     assert_eq!(elsewhere.join().unwrap(), Ok(121));
     // And after its runtime is gone.
-    let task = rt.block_on(async { pool.spawn(square, 12) });
+    let task = {
+        let _in_runtime = rt.enter();
+        pool.spawn(square, 12)
+    };
     drop(rt);
     assert_eq!(futures::executor::block_on(task), Ok(144));
     // Polled on another runtime.
-    let task = current_thread().block_on(async { pool.spawn(square, 13) });
+    let other = current_thread();
+    let task = {
+        let _in_runtime = other.enter();
+        pool.spawn(square, 13)
+    };
     assert_eq!(multi_thread(1).block_on(task), Ok(169));
 }
 

@@ -19,7 +19,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -32,7 +32,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use super::ctx::{PoolCtx, STALLED_FRAME};
 use super::direct::{self, Borrow, WorkerFds};
 use super::job::Job;
-use super::lane::{Failure, Handback, Takeover};
+use super::lane::{Failure, Handback, Lane, Loan, Takeover};
 use crate::panic_info::catch_quietly;
 use crate::stats::Counters;
 use crate::task::Driver;
@@ -64,7 +64,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
     };
     let mut borrow = Borrow::new(ctx.clone(), idx);
     let loan = borrow.lane().loan();
-    let Some(watch) = Watch::register(loan.reply_fd, loan.pid_fd) else {
+    let Some(watch) = Watch::for_loan(borrow.lane(), origin.id(), &loan) else {
         NO_IO.set(Some(origin.id()));
         borrow.end(true);
         return Err(job);
@@ -88,7 +88,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
     // and it is lent to `exchange` until that ends.
     let job_fd = unsafe { BorrowedFd::borrow_raw(loan.job_fd) };
     if direct::write_all(job_fd, exchange.job.frame.bytes()).is_err() {
-        drop(watch); // before the lane goes back (see `Inner::watch`)
+        drop(watch);
         exchange.conclude(Err(Failure::Died));
         return Ok(None);
     }
@@ -104,36 +104,53 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
     Ok(Some(Box::new(Driving(call))))
 }
 
-/// A borrowed descriptor for the reactor (it stays open while registered:
-/// see [`Inner::watch`]).
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
 /// The worker's reply pipe and pidfd, registered with the caller's reactor.
+/// The descriptors are our own duplicates, so a registration can outlive the
+/// call (and even the worker): it is kept in the lane for the next call from
+/// the same runtime to the same worker, which saves four `epoll_ctl` calls per
+/// call, and deregistering it can never touch a file the numbers name later.
 struct Watch {
-    reply: AsyncFd<Fd>,
-    exited: Option<AsyncFd<Fd>>,
+    runtime: tokio::runtime::Id,
+    /// The reply pipe's identity (our duplicate keeps it from being reused).
+    pipe: (u64, u64),
+    reply: AsyncFd<OwnedFd>,
+    exited: Option<AsyncFd<OwnedFd>>,
 }
 
 impl Watch {
-    /// `None` when the current runtime has no I/O driver (tokio panics then,
-    /// which is the only way it tells) or registration fails.
-    fn register(reply_fd: RawFd, pid_fd: RawFd) -> Option<Watch> {
-        // SAFETY: the descriptor stays open, naming the same file, until the
-        // `AsyncFd` is dropped (see `Call::watch`).
-        let watch =
-            |fd| unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) }.ok();
-        let reply = catch_quietly(|| watch(reply_fd)).flatten()?;
-        let exited = match pid_fd {
+    /// The lane's kept registration if it is for this runtime and the lent
+    /// worker, else a new one. `None` when the current runtime has no I/O
+    /// driver (tokio panics then, which is the only way it tells) or
+    /// registration fails.
+    fn for_loan(lane: &Lane, runtime: tokio::runtime::Id, loan: &Loan) -> Option<Watch> {
+        // SAFETY: the supervisor keeps the reply pipe open while the lane is
+        // lent, and the caller holds the lane.
+        let reply_fd = unsafe { BorrowedFd::borrow_raw(loan.reply_fd) };
+        // (The field types differ between platforms.)
+        #[allow(clippy::unnecessary_cast)]
+        let pipe = rustix::fs::fstat(reply_fd)
+            .ok()
+            .map(|st| (st.st_dev as u64, st.st_ino as u64))?;
+        let kept = lane.unpark().and_then(|kept| kept.downcast::<Watch>().ok());
+        if let Some(kept) = kept.filter(|w| w.runtime == runtime && w.pipe == pipe) {
+            return Some(*kept);
+        }
+        let own = |fd: BorrowedFd<'_>| rustix::io::fcntl_dupfd_cloexec(fd, 0).ok();
+        // SAFETY: an `OwnedFd` is a valid open descriptor that keeps naming
+        // the same file until the `AsyncFd` that owns it drops.
+        let watch = |fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok();
+        let reply = catch_quietly(|| watch(own(reply_fd)?)).flatten()?;
+        let exited = match loan.pid_fd {
             -1 => None,
-            fd => Some(watch(fd)?),
+            // SAFETY: as for the reply pipe.
+            fd => Some(watch(own(unsafe { BorrowedFd::borrow_raw(fd) })?)?),
         };
-        Some(Watch { reply, exited })
+        Some(Watch {
+            runtime,
+            pipe,
+            reply,
+            exited,
+        })
     }
 }
 
@@ -249,9 +266,7 @@ struct Call {
 struct Inner {
     /// `None` once the call ended (or moved to a helper thread).
     exchange: Option<Exchange>,
-    /// Dropped before the lane goes back: once the supervisor has the worker
-    /// back it may close these descriptors, and a number reused by another
-    /// file must not be deregistered from the caller's reactor.
+    /// Kept in the lane for the next call once this one is answered.
     watch: Option<Watch>,
     /// While part of a frame is in: when it counts as stalled, and how much
     /// was in when the timer started.
@@ -391,11 +406,16 @@ impl Inner {
 
     /// Ends the call (or moves it to a helper thread).
     fn end(&mut self, step: Step) {
-        self.watch = None;
+        let watch = self.watch.take();
         self.stall = None;
         let Some(exchange) = self.exchange.take() else {
             return;
         };
+        // An answered worker serves on: keep the registration for the next
+        // call (the lane is still ours until the exchange concludes).
+        if let (Some(watch), Step::Reply(Ok(_))) = (watch, &step) {
+            exchange.borrow.lane().park(Box::new(watch));
+        }
         match step {
             Step::Reply(reply) => exchange.conclude(reply),
             Step::Move => exchange.finish_elsewhere(),

@@ -40,6 +40,7 @@
 //! matters when a task forked without exec: the child holds the reply pipe
 //! open, so its end of file would never come.
 
+use std::any::Any;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +85,9 @@ pub(crate) struct Lane {
     /// While an async borrower holds the lane: how the supervisor makes it
     /// finish without being polled (see [`Takeover`]).
     takeover: Mutex<Option<Arc<dyn Takeover>>>,
+    /// What an async borrower keeps for the next one (its registration with
+    /// a reactor); only a borrower touches it.
+    parked: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 /// An async borrower's call is finished by whoever polls its task; when the
@@ -149,6 +153,7 @@ impl Default for Lane {
             done: AtomicU64::new(0),
             handback: Mutex::new(None),
             takeover: Mutex::new(None),
+            parked: Mutex::new(None),
         }
     }
 }
@@ -310,6 +315,16 @@ impl Lane {
     /// Spends one job of the worker's budget: `true` while some is left.
     pub(crate) fn spend(&self) -> bool {
         self.budget.fetch_sub(1, Ordering::Relaxed) > 1
+    }
+
+    /// Keeps `what` for the lane's next borrower. Only while borrowed.
+    pub(crate) fn park(&self, what: Box<dyn Any + Send>) {
+        *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+    }
+
+    /// Takes what a previous borrower kept. Only while borrowed.
+    pub(crate) fn unpark(&self) -> Option<Box<dyn Any + Send>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Set by an async borrower while its call runs.
