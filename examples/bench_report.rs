@@ -1333,7 +1333,8 @@ fn print_speed2_targets(m: &Measured, maps: &Maps) {
     );
     let s = &m.small;
     push(
-        "ProcessPool, 10,000 small tasks in flight, per task vs spawn_blocking          (2 blocking threads) (≤ 1.0×)"
+        "ProcessPool, 10,000 small tasks in flight, per task vs spawn_blocking \
+         (2 blocking threads) (≤ 1.0×)"
             .into(),
         s.process,
         s.spawn_blocking,

@@ -106,48 +106,44 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
 
 /// The worker's reply pipe and pidfd, registered with the caller's reactor.
 /// The descriptors are our own duplicates, so a registration can outlive the
-/// call (and even the worker): it is kept in the lane for the next call from
-/// the same runtime to the same worker, which saves four `epoll_ctl` calls per
-/// call, and deregistering it can never touch a file the numbers name later.
+/// call: it is kept in the lane for the next call from the same runtime,
+/// which saves four `epoll_ctl` calls per call, and deregistering it can never
+/// touch a file the numbers name later. The supervisor drops a kept one when
+/// its worker's service ends (see [`forget`]).
 struct Watch {
     runtime: tokio::runtime::Id,
-    /// The reply pipe's identity (our duplicate keeps it from being reused).
-    pipe: (u64, u64),
     reply: AsyncFd<OwnedFd>,
     exited: Option<AsyncFd<OwnedFd>>,
 }
 
+/// Drops the registration kept in `lane` (its worker is going away).
+pub(crate) fn forget(lane: &Lane) {
+    drop(lane.unpark());
+}
+
 impl Watch {
-    /// The lane's kept registration if it is for this runtime and the lent
-    /// worker, else a new one. `None` when the current runtime has no I/O
-    /// driver (tokio panics then, which is the only way it tells) or
-    /// registration fails.
+    /// The lane's kept registration if it is for this runtime, else a new
+    /// one. `None` when the current runtime has no I/O driver (tokio panics
+    /// then, which is the only way it tells) or registration fails.
     fn for_loan(lane: &Lane, runtime: tokio::runtime::Id, loan: &Loan) -> Option<Watch> {
-        // SAFETY: the supervisor keeps the reply pipe open while the lane is
-        // lent, and the caller holds the lane.
-        let reply_fd = unsafe { BorrowedFd::borrow_raw(loan.reply_fd) };
-        // (The field types differ between platforms.)
-        #[allow(clippy::unnecessary_cast)]
-        let pipe = rustix::fs::fstat(reply_fd)
-            .ok()
-            .map(|st| (st.st_dev as u64, st.st_ino as u64))?;
         let kept = lane.unpark().and_then(|kept| kept.downcast::<Watch>().ok());
-        if let Some(kept) = kept.filter(|w| w.runtime == runtime && w.pipe == pipe) {
+        if let Some(kept) = kept.filter(|w| w.runtime == runtime) {
             return Some(*kept);
         }
-        let own = |fd: BorrowedFd<'_>| rustix::io::fcntl_dupfd_cloexec(fd, 0).ok();
+        // SAFETY: the supervisor keeps these descriptors open while the lane
+        // is lent, and the caller holds the lane.
+        let borrowed = |fd| unsafe { BorrowedFd::borrow_raw(fd) };
+        let own = |fd| rustix::io::fcntl_dupfd_cloexec(borrowed(fd), 0).ok();
         // SAFETY: an `OwnedFd` is a valid open descriptor that keeps naming
         // the same file until the `AsyncFd` that owns it drops.
         let watch = |fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok();
-        let reply = catch_quietly(|| watch(own(reply_fd)?)).flatten()?;
+        let reply = catch_quietly(|| watch(own(loan.reply_fd)?)).flatten()?;
         let exited = match loan.pid_fd {
             -1 => None,
-            // SAFETY: as for the reply pipe.
-            fd => Some(watch(own(unsafe { BorrowedFd::borrow_raw(fd) })?)?),
+            fd => Some(watch(own(fd)?)?),
         };
         Some(Watch {
             runtime,
-            pipe,
             reply,
             exited,
         })
@@ -370,7 +366,12 @@ impl Inner {
                 Poll::Pending => break,
             };
             match exchange.read() {
-                Ok(Some(body)) => return Poll::Ready(Step::Reply(Ok(body))),
+                Ok(Some(body)) => {
+                    // The pipe carries nothing but this reply: it is empty
+                    // now, and the next call starts from "not ready".
+                    ready.clear_ready();
+                    return Poll::Ready(Step::Reply(Ok(body)));
+                }
                 Err(failure) => return Poll::Ready(Step::Reply(Err(failure))),
                 Ok(None) => ready.clear_ready(),
             }

@@ -36,6 +36,12 @@
 //! job back with the lane and then waits for its task like any other caller:
 //! the supervisor reaps the worker and fails the task with its exit status or
 //! the protocol error, exactly as if the job had come through the queue.
+//! An async borrower (see [`super::async_lane`]) is a task that may not be
+//! polled for a while; whenever the supervisor needs the worker back it has
+//! the call finished elsewhere (see [`Takeover`]), so nothing waits on a task
+//! nobody polls. A cancelled async call is handed back with
+//! [`Failure::Cancelled`], and the supervisor kills the worker.
+//!
 //! `terminate` kills a lent worker, which ends the borrower's wait. The pidfd
 //! matters when a task forked without exec: the child holds the reply pipe
 //! open, so its end of file would never come.

@@ -1,6 +1,6 @@
 //! The supervisor's side of the direct lane: while its worker is idle, a
-//! slot lends it to `apply_blocking` callers (see [`super::lane`]) and
-//! watches for whatever needs it back.
+//! slot lends it to `apply_blocking` callers and async `spawn`s (see
+//! [`super::lane`]) and watches for whatever needs it back.
 
 use std::sync::atomic::Ordering;
 

@@ -148,6 +148,16 @@ impl ProcessPool {
     /// blocks the calling thread while the queue is full; in async code use
     /// [`spawn_async`](Self::spawn_async) (or [`apply`](Self::apply)) there.
     ///
+    /// Inside a tokio runtime with its I/O driver (`#[tokio::main]`), when a
+    /// worker is idle and no task waits in the queue, the job is written to
+    /// that worker at once and the task reads its reply when the runtime's
+    /// reactor says it is there, without the pool's supervisor thread in
+    /// between (half the thread switches). The outcome is the same either
+    /// way: dropping the task kills its worker, a crash is
+    /// [`TaskError::WorkerDied`], limits hold, `terminate` ends it with
+    /// [`TaskError::PoolClosed`]. A task detached, or awaited away from the
+    /// current-thread runtime it was spawned on, finishes on a helper thread.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

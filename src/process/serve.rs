@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::async_lane;
 use super::ctx::{PoolCtx, STALLED_FRAME};
 use super::ending::{Ended, Retire, Stop};
 use super::job::Job;
@@ -359,6 +360,8 @@ impl<'a> Service<'a> {
     /// slot's next worker, and hand over what is still in flight.
     fn wind_down(mut self, carried: &mut VecDeque<Job>) -> VecDeque<InFlight> {
         let ctx = self.ctx;
+        // The lane is closed: no borrower can be using what it kept.
+        async_lane::forget(&ctx.lanes[self.idx]);
         if self.was_idle {
             ctx.idle.fetch_sub(1, Ordering::AcqRel);
         }
