@@ -12,6 +12,21 @@ use std::sync::Once;
 thread_local! {
     static ON_POOL_THREAD: Cell<bool> = const { Cell::new(false) };
     static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Set while [`catch_quietly`] runs: its panics are expected, not news.
+    static QUIET_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, whose panic is an expected answer rather than a bug (tokio
+/// panics when asked for a reactor or timer its runtime was built without,
+/// and has no other way to tell): `None` if it panicked, which is not
+/// reported.
+#[cfg_attr(windows, allow(dead_code))] // (used by the Unix async lane)
+pub(crate) fn catch_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    install_hook();
+    QUIET_HERE.with(|q| q.set(true));
+    let out = catch(f).ok();
+    QUIET_HERE.with(|q| q.set(false));
+    out
 }
 
 /// A caught panic: its message and, when known, its location.
@@ -72,11 +87,25 @@ pub(crate) fn take_location() -> Option<String> {
 /// the caller, so printing it in the worker too would only be noise).
 pub(crate) fn install(quiet: bool) {
     ON_POOL_THREAD.with(|t| t.set(true));
+    static FIRST: Once = Once::new();
+    FIRST.call_once(|| QUIET_POOL.store(quiet, std::sync::atomic::Ordering::Relaxed));
+    install_hook();
+}
+
+/// Whether a pool thread's panics go unreported (set once per process, by
+/// the first [`install`]).
+static QUIET_POOL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn install_hook() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            if QUIET_HERE.with(|q| q.get()) {
+                return;
+            }
             if ON_POOL_THREAD.with(|t| t.get()) {
+                let quiet = QUIET_POOL.load(std::sync::atomic::Ordering::Relaxed);
                 let loc = info.location().map(|l| l.to_string());
                 LAST_LOCATION.with(|l| *l.borrow_mut() = loc);
                 if quiet {

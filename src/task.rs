@@ -38,6 +38,17 @@ pub(crate) trait CancelHook: Send + Sync {
     fn running_task_cancelled(&self, worker: usize);
 }
 
+/// Whatever a task must do while it is polled to get its result: a call on
+/// the process pool's async direct lane reads its worker's reply on the
+/// caller's reactor. It is dropped once it returned `Ready` (the outcome is
+/// then in the task's shared state), or with the task; a task dropped without
+/// being detached is cancelled first.
+pub(crate) trait Driver: Send {
+    /// Makes progress; `Ready` once the outcome is delivered (or handed to
+    /// someone else who delivers it).
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
 /// State shared between a [`Task`] and whoever runs it.
 pub(crate) struct Shared<R> {
     state: AtomicUsize,
@@ -224,6 +235,8 @@ impl<R> Shared<R> {
 pub struct Task<R> {
     shared: Arc<Shared<R>>,
     detached: bool,
+    /// In a `Mutex` only to keep `Task: Sync`; polling needs `&mut` anyway.
+    driver: Option<Mutex<Box<dyn Driver>>>,
 }
 
 impl<R> Task<R> {
@@ -231,7 +244,14 @@ impl<R> Task<R> {
         Task {
             shared,
             detached: false,
+            driver: None,
         }
+    }
+
+    /// Has `driver` polled with the task until it is done.
+    #[cfg_attr(windows, allow(dead_code))] // (the Unix async lane's)
+    pub(crate) fn drive_with(&mut self, driver: Box<dyn Driver>) {
+        self.driver = Some(Mutex::new(driver));
     }
 
     /// A task that has already failed (for example, the pool was closed).
@@ -327,7 +347,13 @@ impl<R> Task<R> {
 impl<R> Future for Task<R> {
     type Output = Result<R, TaskError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(driver) = self.driver.as_mut() {
+            let driver = driver.get_mut().unwrap_or_else(|e| e.into_inner());
+            if driver.poll_drive(cx).is_ready() {
+                self.driver = None;
+            }
+        }
         self.shared.poll_result(cx)
     }
 }
@@ -337,6 +363,7 @@ impl<R> Drop for Task<R> {
         if !self.detached {
             self.shared.cancel();
         }
+        // The driver (a field) drops after this, seeing the cancellation.
     }
 }
 

@@ -12,7 +12,7 @@
 //! is [`super::lend`].
 
 use std::cell::RefCell;
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -51,7 +51,7 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
         borrow.end(true);
         return Ok(());
     }
-    let loan = borrow.lane.loan();
+    let loan = borrow.lane().loan();
     wire::set_job_seq(job.frame.bytes_mut(), loan.seq, true);
     Counters::bump(&ctx.counters.running);
     // SAFETY: the supervisor keeps these descriptors open while the lane is
@@ -79,7 +79,7 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
 }
 
 /// Borrows the first open lane, starting from a different one each call.
-fn borrow_any(lanes: &[Lane]) -> Option<usize> {
+pub(super) fn borrow_any(lanes: &[Lane]) -> Option<usize> {
     let first = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
     (0..lanes.len())
         .map(|i| (first + i) % lanes.len())
@@ -90,62 +90,87 @@ fn borrow_any(lanes: &[Lane]) -> Option<usize> {
 /// it with the reply, or hands it back to the supervisor on a failure; the
 /// lane is given back either way.
 fn run_on(
-    mut borrow: Borrow<'_>,
+    borrow: Borrow<&PoolCtx>,
     fds: &WorkerFds<'_>,
     job: Job,
     (seq, pid): (u64, u32),
     buf: &mut Vec<u8>,
 ) {
-    let (ctx, lane) = (borrow.ctx, borrow.lane);
-    let reply = exchange(fds, job.frame.bytes(), buf, ctx.config.max_frame)
+    let max = borrow.ctx.config.max_frame;
+    let reply = exchange(fds, job.frame.bytes(), buf, max)
         .and_then(|body| check(&buf[body.clone()], seq).map(|r| (body, r)));
     match reply {
         Ok((body, (status, nanos, payload))) => {
-            lane.answered(seq);
-            ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
-            ctx.finished(&job, status, nanos);
-            // Tasks waiting in the queue: the supervisor serves them next.
-            let more = lane.spend() && ctx.queue.is_empty();
-            borrow.end(more);
-            // The worker is back before the result type's own code runs.
             let payload = body.start + payload.start..body.start + payload.end;
-            job.slot.deliver(status, &buf[payload], pid);
+            settle(borrow, job, (seq, pid), (status, nanos), &buf[payload]);
         }
-        Err(failure) => {
-            lane.hand_back(Handback { seq, job, failure });
-            borrow.end(false);
-        }
+        Err(failure) => give_up(borrow, Handback { seq, job, failure }),
     }
 }
 
-/// A lent lane, from the borrower's side. While the worker is lent it does not
-/// count as idle (so an elastic pool grows for queued work meanwhile), and if
-/// the borrower unwinds the lane is given back closed rather than lost.
-struct Borrow<'a> {
-    ctx: &'a PoolCtx,
-    lane: &'a Lane,
+/// Job `seq` was answered by worker `pid`: counts it, gives the worker back
+/// and delivers the result.
+pub(super) fn settle<C: Deref<Target = PoolCtx>>(
+    mut borrow: Borrow<C>,
+    job: Job,
+    (seq, pid): (u64, u32),
+    (status, nanos): (Status, u64),
+    payload: &[u8],
+) {
+    let ctx = &*borrow.ctx;
+    let lane = &ctx.lanes[borrow.idx];
+    lane.answered(seq);
+    ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
+    ctx.finished(&job, status, nanos);
+    // Tasks waiting in the queue: the supervisor serves them next.
+    let more = lane.spend() && ctx.queue.is_empty();
+    borrow.end(more);
+    // The worker is back before the result type's own code runs.
+    job.slot.deliver(status, payload, pid);
+}
+
+/// A direct job got no answer: the supervisor settles it (see
+/// [`super::lane`]).
+pub(super) fn give_up<C: Deref<Target = PoolCtx>>(mut borrow: Borrow<C>, back: Handback) {
+    borrow.lane().hand_back(back);
+    borrow.end(false);
+}
+
+/// A lent lane, from the borrower's side (`C` is how the borrower holds the
+/// pool: by reference on a thread, by `Arc` in an async task). While the
+/// worker is lent it does not count as idle (so an elastic pool grows for
+/// queued work meanwhile), and if the borrower unwinds the lane is given back
+/// closed rather than lost.
+pub(super) struct Borrow<C: Deref<Target = PoolCtx>> {
+    pub(super) ctx: C,
+    pub(super) idx: usize,
     ended: bool,
 }
 
-impl<'a> Borrow<'a> {
-    fn new(ctx: &'a PoolCtx, idx: usize) -> Self {
+impl<C: Deref<Target = PoolCtx>> Borrow<C> {
+    /// Takes over lane `idx`, which the caller just borrowed.
+    pub(super) fn new(ctx: C, idx: usize) -> Self {
         ctx.idle.fetch_sub(1, Ordering::AcqRel);
         Borrow {
             ctx,
-            lane: &ctx.lanes[idx],
+            idx,
             ended: false,
         }
     }
 
+    pub(super) fn lane(&self) -> &Lane {
+        &self.ctx.lanes[self.idx]
+    }
+
     /// Gives the worker back (see [`Lane::give_back`]).
-    fn end(&mut self, reopen: bool) {
+    pub(super) fn end(&mut self, reopen: bool) {
         self.ended = true;
         self.ctx.idle.fetch_add(1, Ordering::AcqRel);
-        self.lane.give_back(reopen);
+        self.lane().give_back(reopen);
     }
 }
 
-impl Drop for Borrow<'_> {
+impl<C: Deref<Target = PoolCtx>> Drop for Borrow<C> {
     fn drop(&mut self) {
         if !self.ended {
             // Only a bug in this module can get here; the worker may hold a
@@ -157,12 +182,12 @@ impl Drop for Borrow<'_> {
 }
 
 /// The borrowed worker's descriptors.
-struct WorkerFds<'a> {
-    job: BorrowedFd<'a>,
-    reply: BorrowedFd<'a>,
+pub(super) struct WorkerFds<'a> {
+    pub(super) job: BorrowedFd<'a>,
+    pub(super) reply: BorrowedFd<'a>,
     /// Readable once the worker process has exited (a pidfd, where the
     /// platform has them).
-    exited: Option<BorrowedFd<'a>>,
+    pub(super) exited: Option<BorrowedFd<'a>>,
 }
 
 /// Writes the job frame and reads back one whole frame; returns the body's
@@ -176,8 +201,28 @@ fn exchange(
     write_all(fds.job, frame).map_err(|_| Failure::Died)?;
     buf.clear();
     loop {
+        if let Some(body) = read_reply(fds.reply, buf, max)? {
+            return Ok(body);
+        }
+        // The task may run for long; part of a frame may not.
+        let limit = (!buf.is_empty()).then_some(STALLED_FRAME);
+        if !wait_for_reply(fds, limit)? {
+            return Err(stalled(buf.len()));
+        }
+    }
+}
+
+/// Reads what the (non-blocking) reply pipe has into `buf`: `Some` with the
+/// body's range once `buf` holds one whole frame, `None` when the pipe has
+/// nothing more for now.
+pub(super) fn read_reply(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: u64,
+) -> Result<Option<Range<usize>>, Failure> {
+    loop {
         match wire::split_frame(buf, max) {
-            Ok(Some((body, used))) if used == buf.len() => return Ok(body),
+            Ok(Some((body, used))) if used == buf.len() => return Ok(Some(body)),
             Ok(Some(_)) => return Err(protocol("bytes after the result of a direct job")),
             Ok(None) => wire::check_from_worker_tag(buf).map_err(|e| protocol(e.to_string()))?,
             Err(e) => return Err(protocol(e.to_string())),
@@ -187,27 +232,27 @@ fn exchange(
             .unwrap_or(0)
             .max(4096);
         buf.reserve(want);
-        // The task may run for long; part of a frame may not.
-        let limit = (!buf.is_empty()).then_some(STALLED_FRAME);
-        if !wait_for_reply(fds, limit)? {
-            return Err(protocol(format!(
-                "an incomplete frame ({} bytes) made no progress for {STALLED_FRAME:?}",
-                buf.len()
-            )));
-        }
-        match rustix::io::read(fds.reply, rustix::buffer::spare_capacity(buf)) {
+        match rustix::io::read(fd, rustix::buffer::spare_capacity(buf)) {
             Ok(0) => return Err(Failure::Died),
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
             Err(_) => return Err(Failure::Died),
         }
     }
+}
+
+/// The failure of a reply frame that stopped arriving after `len` bytes.
+pub(super) fn stalled(len: usize) -> Failure {
+    protocol(format!(
+        "an incomplete frame ({len} bytes) made no progress for {STALLED_FRAME:?}"
+    ))
 }
 
 /// Waits until the reply pipe has bytes (or end of file): `Ok(true)`; or
 /// `Ok(false)` after `limit`. The worker's exit ends the wait with
 /// `Failure::Died` even when the pipe stays open, because a process the task
 /// forked without exec holds its write end.
-fn wait_for_reply(
+pub(super) fn wait_for_reply(
     fds: &WorkerFds<'_>,
     limit: Option<std::time::Duration>,
 ) -> Result<bool, Failure> {
@@ -232,7 +277,7 @@ fn wait_for_reply(
 }
 
 /// Writes all of `bytes` to the (non-blocking) job pipe.
-fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
+pub(super) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
     while !bytes.is_empty() {
         match rustix::io::write(fd, bytes) {
             Ok(n) => bytes = &bytes[n..],
@@ -252,7 +297,7 @@ fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
 
 /// Checks that `body` is the result of job `seq`; returns its status, run
 /// time and the payload's range within `body`.
-fn check(body: &[u8], seq: u64) -> Result<(Status, u64, Range<usize>), Failure> {
+pub(super) fn check(body: &[u8], seq: u64) -> Result<(Status, u64, Range<usize>), Failure> {
     match FromWorker::decode(body) {
         Ok(FromWorker::Result {
             seq: got,

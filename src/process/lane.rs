@@ -36,17 +36,25 @@
 //! job back with the lane and then waits for its task like any other caller:
 //! the supervisor reaps the worker and fails the task with its exit status or
 //! the protocol error, exactly as if the job had come through the queue.
+//! An async borrower (see [`super::async_lane`]) is a task that may not be
+//! polled for a while; whenever the supervisor needs the worker back it has
+//! the call finished elsewhere (see [`Takeover`]), so nothing waits on a task
+//! nobody polls. A cancelled async call is handed back with
+//! [`Failure::Cancelled`], and the supervisor kills the worker.
+//!
 //! `terminate` kills a lent worker, which ends the borrower's wait. The pidfd
 //! matters when a task forked without exec: the child holds the reply pipe
 //! open, so its end of file would never come.
 
+use std::any::Any;
 #[cfg(unix)]
 use std::os::fd::RawFd;
 /// (No direct lane on Windows; the type only keeps this module compiling.)
 #[cfg(not(unix))]
 type RawFd = i32;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -60,6 +68,10 @@ const WANTED: u32 = 4;
 /// With `LENT`: the supervisor stopped watching the queue; tell it when the
 /// borrow ends.
 const WATCHED: u32 = 8;
+
+/// How often a supervisor waiting for an async borrower asks it again to
+/// finish elsewhere.
+pub(crate) const TAKEOVER_AGAIN: Duration = Duration::from_millis(10);
 
 /// One worker slot's lane.
 pub(crate) struct Lane {
@@ -80,6 +92,23 @@ pub(crate) struct Lane {
     done: AtomicU64,
     /// A job whose worker failed, handed back for the supervisor to settle.
     handback: Mutex<Option<Handback>>,
+    /// While an async borrower holds the lane: how the supervisor makes it
+    /// finish without being polled (see [`Takeover`]).
+    takeover: Mutex<Option<Arc<dyn Takeover>>>,
+    /// What an async borrower keeps for the next one (its registration with
+    /// a reactor); only a borrower touches it.
+    parked: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// An async borrower's call is finished by whoever polls its task; when the
+/// supervisor needs the worker back (terminate, shutdown, queued work, an
+/// aborted task) it cannot wait for that, and has the call finished
+/// elsewhere.
+pub(crate) trait Takeover: Send + Sync {
+    /// Finishes the call on a helper thread (or, if its task was cancelled,
+    /// gives the worker back to be killed); only if cancelled when
+    /// `cancelled_only`.
+    fn take_over(&self, cancelled_only: bool);
 }
 
 /// The lent worker, as the borrower sees it (see [`Lane::loan`]).
@@ -106,6 +135,9 @@ pub(crate) enum Failure {
     Died,
     /// The worker sent something other than the job's result.
     Protocol(String),
+    /// The job's task was cancelled while the worker ran it (an async
+    /// borrower's): the worker must be killed.
+    Cancelled,
 }
 
 /// What the supervisor finds when it has its worker back.
@@ -130,6 +162,8 @@ impl Default for Lane {
             budget: AtomicU64::new(0),
             done: AtomicU64::new(0),
             handback: Mutex::new(None),
+            takeover: Mutex::new(None),
+            parked: Mutex::new(None),
         }
     }
 }
@@ -219,10 +253,25 @@ impl Lane {
         self.done.load(Ordering::Relaxed)
     }
 
-    /// Waits until the lane is given back; the lane is closed afterwards.
+    /// Waits until the lane is given back; the lane is closed afterwards. An
+    /// async borrower is made to finish (and asked again now and then, as it
+    /// may be starting just now).
     pub(crate) async fn given_back(&self) {
         while !self.reclaim() {
-            self.back.notified().await;
+            self.take_over(false);
+            let _ = tokio::time::timeout(TAKEOVER_AGAIN, self.back.notified()).await;
+        }
+    }
+
+    /// Has an async borrower's call finished elsewhere (see [`Takeover`]).
+    pub(crate) fn take_over(&self, cancelled_only: bool) {
+        let takeover = self
+            .takeover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(takeover) = takeover {
+            takeover.take_over(cancelled_only);
         }
     }
 
@@ -276,6 +325,21 @@ impl Lane {
     /// Spends one job of the worker's budget: `true` while some is left.
     pub(crate) fn spend(&self) -> bool {
         self.budget.fetch_sub(1, Ordering::Relaxed) > 1
+    }
+
+    /// Keeps `what` for the lane's next borrower. Only while borrowed.
+    pub(crate) fn park(&self, what: Box<dyn Any + Send>) {
+        *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+    }
+
+    /// Takes what a previous borrower kept. Only while borrowed.
+    pub(crate) fn unpark(&self) -> Option<Box<dyn Any + Send>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Set by an async borrower while its call runs.
+    pub(crate) fn set_takeover(&self, takeover: Option<Arc<dyn Takeover>>) {
+        *self.takeover.lock().unwrap_or_else(|e| e.into_inner()) = takeover;
     }
 
     /// Leaves a job whose worker failed for the supervisor to settle.

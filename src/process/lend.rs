@@ -1,12 +1,12 @@
 //! The supervisor's side of the direct lane: while its worker is idle, a
-//! slot lends it to `apply_blocking` callers (see [`super::lane`]) and
-//! watches for whatever needs it back.
+//! slot lends it to `apply_blocking` callers and async `spawn`s (see
+//! [`super::lane`]) and watches for whatever needs it back.
 
 use std::sync::atomic::Ordering;
 
 use super::ctx::PoolCtx;
 use super::job::Job;
-use super::lane::{Lane, Settled};
+use super::lane::{Lane, Settled, TAKEOVER_AGAIN};
 use super::worker::{exit_of, sleep_or_never, Worker};
 
 /// Why a worker stopped being lent out.
@@ -42,7 +42,7 @@ impl Worker {
     ) -> (Lent, Settled) {
         let lane = &ctx.lanes[idx];
         self.open_lane(lane, next_seq, budget);
-        let lent = self.watch_lent(ctx, lane).await;
+        let lent = self.watch_lent(ctx, idx, lane).await;
         self.take_back(ctx, lane, lent).await
     }
 
@@ -63,7 +63,7 @@ impl Worker {
     }
 
     /// Waits, while the worker is lent, for whatever needs it back.
-    async fn watch_lent(&mut self, ctx: &PoolCtx, lane: &Lane) -> Lent {
+    async fn watch_lent(&mut self, ctx: &PoolCtx, idx: usize, lane: &Lane) -> Lent {
         let idle_timer = ctx.config.idle_timeout.filter(|_| ctx.elastic());
         let mut listen = true;
         loop {
@@ -79,14 +79,22 @@ impl Worker {
                 }
                 _ = self.rx.readable() => return Lent::Readable,
                 _ = exit_of(&self.exited) => return Lent::Exited,
+                // An async borrower's task was aborted: its worker must die.
+                _ = ctx.cancels[idx].notified() => lane.take_over(true),
                 job = ctx.queue.recv(), if listen => match job {
                     Err(_) => return Lent::QueueClosed,
                     Ok(job) if lane.try_close() => return Lent::Job(job),
                     Ok(job) => match requeue(ctx, lane, job) {
-                        Ok(watching) => listen = !watching,
+                        Ok(watching) => {
+                            listen = !watching;
+                            lane.take_over(false);
+                        }
                         Err(job) => return Lent::Job(job),
                     },
                 },
+                // Queued work waits for this borrow to end: an async one is
+                // made to end without its task being polled.
+                _ = tokio::time::sleep(TAKEOVER_AGAIN), if !listen => lane.take_over(false),
                 _ = sleep_or_never(idle_timer) => {
                     // Idle means unused for the whole timeout, lent or not.
                     if lane.uses() == uses && !lane.is_lent() {

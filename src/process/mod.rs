@@ -19,6 +19,8 @@
 //! `apply_blocking` may skip the queue: [`direct`] borrows an idle worker
 //! through its [`lane`] (a small state machine) and talks to its pipes from
 //! the caller's thread, while the slot's supervisor waits in [`lend`].
+//! `spawn` and `apply` inside a tokio runtime do the same through
+//! [`async_lane`], whose task waits for the reply on the caller's reactor.
 //!
 //! # Module dependencies
 //!
@@ -26,14 +28,15 @@
 //!
 //! ```text
 //! builder -> pool, start, ctx, init, job, launcher
-//! pool    -> direct, ctx, job
+//! pool    -> async_lane, direct, ctx, job
 //! start   -> slot, ctx, job
 //! slot    -> serve, ending, worker, ctx, job
-//! serve   -> lend, ending, worker, outbox, ctx, lane, job
+//! serve   -> async_lane, lend, ending, worker, outbox, ctx, lane, job
 //! lend    -> worker, ctx, lane, job
 //! ending  -> worker, ctx, launcher, job
 //! worker  -> exit_watch, ctx, init, launcher, job
 //! exit_watch -> launcher
+//! async_lane -> direct, ctx, lane, job
 //! direct  -> ctx, lane, job
 //! ctx     -> lane, init, launcher, job
 //! lane    -> job
@@ -52,6 +55,8 @@
 //! input and output, one job at a time, with no direct lane (`lend` and
 //! `outbox` are Unix only; `lane` compiles but is never opened).
 
+#[cfg(unix)]
+mod async_lane;
 mod builder;
 // Parts of these serve only the Unix pipelining and direct lane.
 #[cfg_attr(windows, allow(dead_code))]

@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use futures::Stream;
 
+#[cfg(unix)]
+use super::async_lane;
 use super::ctx::PoolCtx;
 use super::direct;
 use super::job::{self, Frame, Job};
@@ -175,6 +177,16 @@ impl ProcessPool {
     /// blocks the calling thread while the queue is full; in async code use
     /// [`spawn_async`](Self::spawn_async) (or [`apply`](Self::apply)) there.
     ///
+    /// Inside a tokio runtime with its I/O driver (`#[tokio::main]`), when a
+    /// worker is idle and no task waits in the queue, the job is written to
+    /// that worker at once and the task reads its reply when the runtime's
+    /// reactor says it is there, without the pool's supervisor thread in
+    /// between (half the thread switches). The outcome is the same either
+    /// way: dropping the task kills its worker, a crash is
+    /// [`TaskError::WorkerDied`], limits hold, `terminate` ends it with
+    /// [`TaskError::PoolClosed`]. A task detached, or awaited away from the
+    /// current-thread runtime it was spawned on, finishes on a helper thread.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -206,12 +218,37 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned + Send + 'static,
         T: Serialize + ?Sized,
     {
-        let (job, task) = match self.prepare(f, args) {
+        let (job, mut task) = match self.prepare(f, args) {
             Ok(prepared) => prepared,
             Err(failed) => return failed,
         };
-        self.enqueue(job);
+        if let Some(job) = self.try_async_lane(job, &mut task) {
+            self.enqueue(job);
+        }
         task
+    }
+
+    /// Windows has no direct lane: every job is queued.
+    #[cfg(not(unix))]
+    fn try_async_lane<R>(&self, job: Job, _task: &mut Task<R>) -> Option<Job> {
+        Some(job)
+    }
+
+    /// Inside a tokio runtime, tries the async direct lane (`async_lane`)
+    /// for `job`; gives it back if it must be queued.
+    #[cfg(unix)]
+    fn try_async_lane<R>(&self, job: Job, task: &mut Task<R>) -> Option<Job> {
+        if self.handle.jobs.is_closed() {
+            return Some(job); // (the queue fails it)
+        }
+        match async_lane::start(&self.handle.ctx, job) {
+            Ok(Some(driver)) => {
+                task.drive_with(driver);
+                None
+            }
+            Ok(None) => None,
+            Err(job) => Some(job),
+        }
     }
 
     /// Queues a prepared job (waiting for room on a bounded queue).
@@ -297,9 +334,12 @@ impl ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let (job, task) = match self.prepare(f, &args) {
+        let (job, mut task) = match self.prepare(f, &args) {
             Ok(prepared) => prepared,
             Err(failed) => return failed,
+        };
+        let Some(job) = self.try_async_lane(job, &mut task) else {
+            return task;
         };
         match self.handle.jobs.send(job).await {
             Ok(()) => self.queued(),

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::async_lane;
 use super::ctx::{PoolCtx, STALLED_FRAME};
 use super::ending::{Ended, Retire, Stop};
 use super::job::Job;
@@ -165,6 +166,7 @@ impl<'a> Service<'a> {
             other => other,
         };
         if let Some(back) = settled.handback {
+            let back_cancelled = back.job.slot.is_cancelled();
             // Settled below like any job in flight (the borrower
             // counted it as running).
             self.inflight.push_back(InFlight {
@@ -175,7 +177,10 @@ impl<'a> Service<'a> {
             });
             if !matches!(lent, Lent::Stop) {
                 return Some(match back.failure {
+                    // (Its task was aborted: the supervisor killed it.)
+                    Failure::Died if back_cancelled => Stop::Cancelled,
                     Failure::Died => Stop::Died,
+                    Failure::Cancelled => Stop::Cancelled,
                     Failure::Protocol(message) => Stop::Protocol(message),
                 });
             }
@@ -359,6 +364,8 @@ impl<'a> Service<'a> {
     /// slot's next worker, and hand over what is still in flight.
     fn wind_down(mut self, carried: &mut VecDeque<Job>) -> VecDeque<InFlight> {
         let ctx = self.ctx;
+        // The lane is closed: no borrower can be using what it kept.
+        async_lane::forget(&ctx.lanes[self.idx]);
         if self.was_idle {
             ctx.idle.fetch_sub(1, Ordering::AcqRel);
         }

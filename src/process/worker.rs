@@ -44,7 +44,7 @@ pub(crate) struct Worker {
     pub(crate) slot: usize,
     pub(crate) tx: pipe::Sender,
     pub(crate) rx: pipe::Receiver,
-    /// The reply pipe of direct jobs (blocking; read by lane borrowers).
+    /// The reply pipe of direct jobs (non-blocking; read by lane borrowers).
     pub(crate) replies: Option<std::os::fd::OwnedFd>,
     /// Readable once the worker exits (a pidfd): its death is seen even while
     /// a process its task forked holds the worker's pipes open. Watched here
@@ -83,7 +83,11 @@ impl Worker {
         };
         let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
         let process = launched.process;
-        let replies = launched.replies;
+        // Non-blocking: async borrowers read it when their reactor says so,
+        // blocking ones poll() before each read.
+        let replies = launched
+            .replies
+            .filter(|fd| rustix::io::ioctl_fionbio(fd, true).is_ok());
         let pid = process.pid();
         let pipes = pipe::Sender::from_owned_fd(launched.to_worker)
             .and_then(|tx| pipe::Receiver::from_owned_fd(launched.from_worker).map(|rx| (tx, rx)));
