@@ -199,12 +199,17 @@ async fn max_tasks_per_worker_recycles_without_losing_or_repeating_tasks() {
     for t in tasks {
         pids.push(t.await.unwrap());
     }
-    for pair in pids.chunks(2) {
-        assert_eq!(
-            pair[0], pair[1],
-            "a worker ran fewer than 2 tasks: {pids:?}"
-        );
+    // Each worker ran exactly 2 tasks. (Not necessarily two neighbours: a
+    // task queued while the worker was lent to the async lane is requeued
+    // behind the ones queued after it.)
+    let mut per_worker = std::collections::HashMap::new();
+    for &pid in &pids {
+        *per_worker.entry(pid).or_insert(0) += 1;
     }
+    assert!(
+        per_worker.values().all(|&n| n == 2),
+        "a worker ran other than 2 tasks: {pids:?}"
+    );
     let distinct: HashSet<_> = pids.iter().collect();
     assert_eq!(
         distinct.len(),
@@ -283,10 +288,29 @@ async fn a_full_queue_applies_backpressure_and_loses_nothing() {
         .exists()));
     let q1 = pool.try_spawn(sleep_ms, 1).unwrap();
     let q2 = pool.try_spawn(sleep_ms, 2).unwrap();
-    assert_eq!(
-        pool.try_spawn(sleep_ms, 3).unwrap_err(),
-        TrySpawnError::Full
-    );
+    // The running task may hold its worker through the async lane; its
+    // supervisor then takes at most one queued job aside (to hand it to a
+    // free worker, or to run it next), which frees one place once. Fill
+    // that too, then the queue stays full.
+    let mut extra = Vec::new();
+    for round in 0..2 {
+        loop {
+            match pool.try_spawn(sleep_ms, 3) {
+                Ok(task) => extra.push(task),
+                Err(e) => {
+                    assert_eq!(e, TrySpawnError::Full);
+                    break;
+                }
+            }
+            assert!(
+                extra.len() <= 1,
+                "more than one place appeared in a full queue"
+            );
+        }
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // spawn_async waits for room rather than failing.
     let waiting = pool.spawn_async(sleep_ms, 4);
     tokio::pin!(waiting);
@@ -299,6 +323,9 @@ async fn a_full_queue_applies_backpressure_and_loses_nothing() {
     let q4 = waiting.await;
     assert_eq!(running.await, Ok(600));
     assert_eq!((q1.await, q2.await, q4.await), (Ok(1), Ok(2), Ok(4)));
+    for task in extra {
+        assert_eq!(task.await, Ok(3));
+    }
     pool.shutdown().await;
     assert_eq!(
         pool.try_spawn(sleep_ms, 5).unwrap_err(),

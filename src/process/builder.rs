@@ -325,6 +325,10 @@ impl ProcessPoolBuilder {
     /// [`apply`](ProcessPool::apply) wait asynchronously, and
     /// [`try_spawn`](ProcessPool::try_spawn) returns
     /// [`TrySpawnError::Full`]; nothing is dropped. Default: unbounded.
+    /// (While a worker is lent to a direct-lane call, its supervisor may take
+    /// one queued task aside, to pass it to a free worker or run it next; that
+    /// task then no longer counts as queued, and it may run after tasks queued
+    /// later.)
     ///
     /// A [`map`](ProcessPool::map) stream submits its chunks like `spawn`: when
     /// the queue is full it waits, on the thread that polls it, until a worker
