@@ -67,6 +67,25 @@ pub(crate) fn to_address(offset: u64) -> usize {
     (anchor as fn() as usize).wrapping_add(offset as usize)
 }
 
+/// Runs one job in a worker: the function and trampoline the parent named
+/// (offsets from [`FnRef::new`]) on the encoded `args`, appending the result
+/// to `out` (which holds a `RESULT` header with status `Ok`).
+///
+/// # Safety
+///
+/// The handshake must have established that parent and worker run the same
+/// build, and `func`/`trampoline` must be the offsets the parent produced
+/// together with `FnRef::new`, which pairs a `fn(A) -> R` with
+/// `trampoline::<A, R>`.
+pub(crate) unsafe fn run_job(func: u64, trampoline: u64, args: &[u8], out: &mut Vec<u8>, max: u64) {
+    // SAFETY: per this function's contract, `trampoline` names a
+    // `Trampoline` of this build, and `func` the function it was made for.
+    unsafe {
+        let trampoline = std::mem::transmute::<usize, Trampoline>(to_address(trampoline));
+        trampoline(to_address(func), args, out, max);
+    }
+}
+
 /// The trampoline for `fn(A) -> R`.
 ///
 /// # Safety

@@ -153,6 +153,16 @@ pub(crate) fn split_frame(
     Ok(Some((LEN_PREFIX..end, end)))
 }
 
+/// Takes the first whole frame's body out of `buf` (the bytes read so far),
+/// or `Ok(None)` while it is incomplete.
+pub(crate) fn take_frame(buf: &mut Vec<u8>, max: u64) -> Result<Option<Vec<u8>>, FrameError> {
+    Ok(split_frame(buf, max)?.map(|(body, used)| {
+        let frame = buf[body].to_vec();
+        buf.drain(..used);
+        frame
+    }))
+}
+
 /// Checks the tag of a (possibly partial) worker → parent frame at the start
 /// of `buf` as soon as it is visible, so a stream knocked out of alignment
 /// (stray bytes from a misbehaving worker) is refused at once instead of

@@ -7,6 +7,31 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::func_ref::{self, FnRef};
+use crate::wire::FromWorker;
+use crate::Error;
+
+/// What the initializer's answer frame (`body`) from worker `pid` says: `Ok`
+/// when it ran, else the error `build` (or the replacement's start) reports.
+pub(crate) fn outcome(body: &[u8], pid: u32) -> Result<(), Error> {
+    let failed = |message: String| Error::Initializer { pid, message };
+    match FromWorker::decode(body) {
+        Ok(FromWorker::Result {
+            status, payload, ..
+        }) => match super::job::decode::<Result<(), String>>(status, payload, pid) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(failed(message)),
+            Err(e) => Err(failed(e.to_string())),
+        },
+        Ok(_) => Err(Error::Handshake {
+            pid,
+            message: "unexpected message instead of the initializer's result".into(),
+        }),
+        Err(e) => Err(Error::Handshake {
+            pid,
+            message: e.to_string(),
+        }),
+    }
+}
 
 /// An initializer ready to send: the job that runs it and its argument.
 #[derive(Debug, Clone)]

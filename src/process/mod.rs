@@ -43,7 +43,7 @@
 //! outbox  -> job
 //! ```
 //!
-//! `init`, `job` and `launcher` import no other module of this one.
+//! `job` and `launcher` import no other module of this one; `init` uses `job`.
 //! `crate::remote` (workers on other machines) sits beside them: `builder`,
 //! `worker` and `ending` use it, and it uses only `launcher`.
 

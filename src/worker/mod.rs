@@ -95,6 +95,26 @@ fn exit_when(wait: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// The worker's first frame, into `out`: HELLO when this worker runs the
+/// parent's build (`expected`), else REFUSED saying why. `false` if refused.
+fn greet(out: &mut Vec<u8>, expected: u64) -> bool {
+    let identity = crate::func_ref::build_identity();
+    if identity.as_ref().ok() == Some(&expected) {
+        crate::wire::encode_hello(out, std::process::id(), expected);
+        return true;
+    }
+    let reason = match identity {
+        Ok(identity) => format!(
+            "worker build identity {identity:016x} differs from the parent's {expected:016x}: \
+             the worker runs a different build of the program, so functions cannot be named \
+             across the two"
+        ),
+        Err(e) => format!("worker cannot read its own executable to check its build: {e}"),
+    };
+    crate::wire::encode_refused(out, &reason);
+    false
+}
+
 /// True inside a worker process. A process pool must not be built here.
 pub(crate) fn is_worker() -> bool {
     IS_WORKER.load(Ordering::Relaxed)

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 use rustix::event::{poll, PollFd, PollFlags};
 
-use crate::func_ref::{self, Trampoline};
+use crate::func_ref;
 use crate::panic_info;
 use crate::wire::{self, FrameError, Status, ToWorker};
 
@@ -66,22 +66,10 @@ pub(super) fn serve(spec: Spec) -> i32 {
         last_drain: std::time::Instant::now(),
     };
 
-    let identity = func_ref::build_identity();
-    if identity.as_ref().ok() != Some(&spec.identity) {
-        let reason = match identity {
-            Ok(identity) => format!(
-                "worker build identity {identity:016x} differs from the parent's {:016x}: the \
-                 worker runs a different build of the program, so functions cannot be named \
-                 across the two",
-                spec.identity
-            ),
-            Err(e) => format!("worker cannot read its own executable to check its build: {e}"),
-        };
-        wire::encode_refused(&mut runner.out, &reason);
+    if !super::greet(&mut runner.out, spec.identity) {
         let _ = runner.output.write_all(&runner.out);
         return 2;
     }
-    wire::encode_hello(&mut runner.out, std::process::id(), spec.identity);
     if runner.output.write_all(&runner.out).is_err() {
         return 0;
     }
@@ -173,18 +161,16 @@ impl Runner {
             };
             let started = std::time::Instant::now();
             // SAFETY: the handshake established that parent and worker run the
-            // same build, and the parent produced both offsets with
-            // `FnRef::new`, which pairs a `fn(A) -> R` with `trampoline::<A, R>`.
+            // same build, and the parent named both offsets with `FnRef::new`.
             unsafe {
-                let trampoline =
-                    std::mem::transmute::<usize, Trampoline>(func_ref::to_address(job.trampoline));
-                trampoline(
-                    func_ref::to_address(job.func),
+                func_ref::run_job(
+                    job.func,
+                    job.trampoline,
                     args,
                     &mut self.out,
                     self.max_frame,
-                );
-            }
+                )
+            };
             let ended = std::time::Instant::now();
             let nanos = ended.duration_since(started).as_nanos() as u64;
             // Learn of cancellations and new jobs before naming the next one:

@@ -23,7 +23,7 @@ use windows_sys::Win32::System::Console::{
     GetStdHandle, SetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
 };
 
-use crate::func_ref::{self, Trampoline};
+use crate::func_ref;
 use crate::panic_info;
 use crate::wire::{self, FrameError, Status, ToWorker};
 
@@ -52,22 +52,10 @@ pub(super) fn serve(spec: Spec) -> i32 {
     panic_info::install(true);
 
     let mut out = Vec::with_capacity(4096);
-    let identity = func_ref::build_identity();
-    if identity.as_ref().ok() != Some(&spec.identity) {
-        let reason = match identity {
-            Ok(identity) => format!(
-                "worker build identity {identity:016x} differs from the parent's {:016x}: the \
-                 worker runs a different build of the program, so functions cannot be named \
-                 across the two",
-                spec.identity
-            ),
-            Err(e) => format!("worker cannot read its own executable to check its build: {e}"),
-        };
-        wire::encode_refused(&mut out, &reason);
+    if !super::greet(&mut out, spec.identity) {
         let _ = output.write_all(&out);
         return 2;
     }
-    wire::encode_hello(&mut out, std::process::id(), spec.identity);
     if output.write_all(&out).is_err() {
         return 0;
     }
@@ -150,18 +138,8 @@ fn run(input: &mut File, output: &mut &File, max_frame: u64) -> io::Result<()> {
         wire::begin_result(&mut out, job.seq, Status::Ok);
         let started = std::time::Instant::now();
         // SAFETY: the handshake established that parent and worker run the
-        // same build, and the parent produced both offsets with `FnRef::new`,
-        // which pairs a `fn(A) -> R` with `trampoline::<A, R>`.
-        unsafe {
-            let trampoline =
-                std::mem::transmute::<usize, Trampoline>(func_ref::to_address(job.trampoline));
-            trampoline(
-                func_ref::to_address(job.func),
-                &job.args,
-                &mut out,
-                max_frame,
-            );
-        }
+        // same build, and the parent named both offsets with `FnRef::new`.
+        unsafe { func_ref::run_job(job.func, job.trampoline, &job.args, &mut out, max_frame) };
         let nanos = started.elapsed().as_nanos() as u64;
         let next = jobs.front().map_or(0, |j: &JobRef| j.seq);
         wire::finish_result(&mut out, next, seen, nanos);

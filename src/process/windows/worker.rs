@@ -151,33 +151,16 @@ impl Worker {
             }
             Err(e) => return Err(failed(e.to_string())),
         };
-        match FromWorker::decode(&body) {
-            Ok(FromWorker::Result {
-                status, payload, ..
-            }) => match super::job::decode::<Result<(), String>>(status, payload, pid) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(message)) => Err(failed(message)),
-                Err(e) => Err(failed(e.to_string())),
-            },
-            Ok(_) => Err(handshake(
-                pid,
-                "unexpected message instead of the initializer's result",
-            )),
-            Err(e) => Err(handshake(pid, &e.to_string())),
-        }
+        super::init::outcome(&body, pid)
     }
 
     /// Reads one whole frame (start-up only). `None` at end of file.
     async fn read_frame(&mut self, max: u64) -> io::Result<Option<Vec<u8>>> {
         loop {
-            match wire::split_frame(&self.inbuf, max) {
-                Err(e) => return Err(io::Error::other(e.to_string())),
-                Ok(Some((body, used))) => {
-                    let frame = self.inbuf[body].to_vec();
-                    self.inbuf.drain(..used);
-                    return Ok(Some(frame));
-                }
-                Ok(None) => {}
+            if let Some(frame) = wire::take_frame(&mut self.inbuf, max)
+                .map_err(|e| io::Error::other(e.to_string()))?
+            {
+                return Ok(Some(frame));
             }
             self.inbuf.reserve(4096);
             if self.rx.read_buf(&mut self.inbuf).await? == 0 {
