@@ -1,21 +1,12 @@
 #!/usr/bin/env bash
 # Builds procpool for x86_64-pc-windows-gnu and runs its Windows test targets
 # under Wine (see README "Platforms"). Needs Debian's wine64 and
-# gcc-mingw-w64-x86-64 packages (installed here when missing and root) and
-# the rustup target.
+# gcc-mingw-w64-x86-64 packages and the rustup target, which
+# scripts/windows-tools.sh installs when missing (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v wine >/dev/null || ! command -v x86_64-w64-mingw32-gcc >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wine64 gcc-mingw-w64-x86-64 >/dev/null
-  else
-    echo "wine-tests: need wine64 and gcc-mingw-w64-x86-64" >&2
-    exit 1
-  fi
-fi
-rustup target add x86_64-pc-windows-gnu >/dev/null 2>&1 || true
+scripts/windows-tools.sh
 
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/scripts/wine-runner.sh"
 export PROCPOOL_WINE_SHIM_DIR="${PROCPOOL_WINE_SHIM_DIR:-${TMPDIR:-/tmp}/procpool-wine}"
