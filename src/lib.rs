@@ -158,6 +158,8 @@ mod panic_info;
 mod pool;
 mod process;
 mod remote;
+#[cfg(unix)]
+mod ring;
 mod stats;
 mod task;
 mod thread_pool;

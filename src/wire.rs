@@ -11,6 +11,7 @@
 //! |-----|--------------------------------------------------------|
 //! | JOB | `seq u64`, `fn u64`, `trampoline u64`, argument bytes  |
 //! | JOB_DIRECT | as `JOB`; the `RESULT` goes to the reply stream  |
+//! | JOB_RING | as `JOB`; the `RESULT` goes to the result ring     |
 //! | CANCEL | `seq u64` — skip this job if it has not started     |
 //!
 //! `JOB_DIRECT` is the direct lane's job (see `process::lane`): a caller that
@@ -26,7 +27,16 @@
 //! | REFUSED | UTF-8 reason; the worker exits                                        |
 //! | RESULT | `seq u64`, `next u64`, `seen u64`, `nanos u64`, `status u8`, payload   |
 //!
+//! | ON_PIPE | `seq u64` (a ring entry): job `seq`'s `RESULT` is the next one on the pipe |
+//! | DOORBELL | (on the pipe) the ring has entries and the parent was about to sleep |
+//!
 //! `nanos` is how long the job ran in the worker (for the pool's statistics).
+//!
+//! `JOB_RING` is the queue's job on a worker with a result ring (see
+//! [`crate::ring`]): its `RESULT` frame is published in a ring slot when it
+//! fits, else written to the pipe and announced by an `ON_PIPE` entry. The
+//! ring then orders every result of the queue's jobs, so the rules below hold
+//! for it exactly as for the pipe.
 //!
 //! A worker runs its jobs in the order it received them. Each `RESULT` also says
 //! which job it starts next (`next`, 0 = none: it goes idle) and the highest job
@@ -50,12 +60,29 @@ pub(crate) const TAG_JOB: u8 = 1;
 pub(crate) const TAG_CANCEL: u8 = 2;
 /// Parent → worker: run a job and answer on the reply stream.
 pub(crate) const TAG_JOB_DIRECT: u8 = 3;
+/// Parent → worker: run a job and answer in the result ring.
+pub(crate) const TAG_JOB_RING: u8 = 4;
 /// Worker → parent: ready, with pid and build identity.
 pub(crate) const TAG_HELLO: u8 = 10;
 /// Worker → parent: refuses to work (build mismatch), then exits.
 pub(crate) const TAG_REFUSED: u8 = 11;
 /// Worker → parent: one job's outcome.
 pub(crate) const TAG_RESULT: u8 = 12;
+/// Worker → parent, a ring entry: the job's result is the next on the pipe.
+pub(crate) const TAG_ON_PIPE: u8 = 13;
+/// Worker → parent, on the pipe: look at the ring.
+pub(crate) const TAG_DOORBELL: u8 = 14;
+
+/// Where a job's `RESULT` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The result pipe (`JOB`).
+    Pipe,
+    /// The reply stream of the direct lane (`JOB_DIRECT`).
+    Reply,
+    /// The result ring (`JOB_RING`).
+    Ring,
+}
 
 /// Outcome kinds carried by a `RESULT` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +196,7 @@ pub(crate) fn take_frame(buf: &mut Vec<u8>, max: u64) -> Result<Option<Vec<u8>>,
 /// waiting for a body that will never come.
 pub(crate) fn check_from_worker_tag(buf: &[u8]) -> Result<(), FrameError> {
     match buf.get(LEN_PREFIX) {
-        None | Some(&(TAG_HELLO | TAG_REFUSED | TAG_RESULT)) => Ok(()),
+        None | Some(&(TAG_HELLO | TAG_REFUSED | TAG_RESULT | TAG_DOORBELL)) => Ok(()),
         Some(_) => Err(FrameError::Malformed("unknown message tag")),
     }
 }
@@ -231,8 +258,8 @@ pub(crate) enum ToWorker<'a> {
         func: u64,
         trampoline: u64,
         args: &'a [u8],
-        /// Answer on the reply stream (a `JOB_DIRECT` frame).
-        direct: bool,
+        /// Where the result goes.
+        route: Route,
     },
     Cancel {
         seq: u64,
@@ -243,12 +270,16 @@ impl<'a> ToWorker<'a> {
     pub(crate) fn decode(body: &'a [u8]) -> Result<Self, FrameError> {
         let mut c = Cursor::new(body);
         match c.u8()? {
-            tag @ (TAG_JOB | TAG_JOB_DIRECT) => Ok(ToWorker::Job {
+            tag @ (TAG_JOB | TAG_JOB_DIRECT | TAG_JOB_RING) => Ok(ToWorker::Job {
                 seq: c.u64()?,
                 func: c.u64()?,
                 trampoline: c.u64()?,
                 args: c.rest(),
-                direct: tag == TAG_JOB_DIRECT,
+                route: match tag {
+                    TAG_JOB_DIRECT => Route::Reply,
+                    TAG_JOB_RING => Route::Ring,
+                    _ => Route::Pipe,
+                },
             }),
             TAG_CANCEL => Ok(ToWorker::Cancel { seq: c.u64()? }),
             _ => Err(FrameError::Malformed("unknown message tag")),
@@ -279,10 +310,14 @@ pub(crate) fn begin_job(out: &mut Vec<u8>, func: u64, trampoline: u64) {
     out.extend_from_slice(&trampoline.to_le_bytes());
 }
 
-/// Sets the sequence number of a frame built with [`begin_job`], and whether
-/// its result goes to the reply stream (`JOB_DIRECT`) or the result stream.
-pub(crate) fn set_job_seq(frame: &mut [u8], seq: u64, direct: bool) {
-    frame[LEN_PREFIX] = if direct { TAG_JOB_DIRECT } else { TAG_JOB };
+/// Sets the sequence number of a frame built with [`begin_job`], and where
+/// its result goes.
+pub(crate) fn set_job_seq(frame: &mut [u8], seq: u64, route: Route) {
+    frame[LEN_PREFIX] = match route {
+        Route::Pipe => TAG_JOB,
+        Route::Reply => TAG_JOB_DIRECT,
+        Route::Ring => TAG_JOB_RING,
+    };
     frame[LEN_PREFIX + 1..LEN_PREFIX + 9].copy_from_slice(&seq.to_le_bytes());
 }
 
@@ -312,6 +347,10 @@ pub(crate) enum FromWorker<'a> {
         status: Status,
         payload: &'a [u8],
     },
+    OnPipe {
+        seq: u64,
+    },
+    Doorbell,
 }
 
 impl<'a> FromWorker<'a> {
@@ -341,10 +380,23 @@ impl<'a> FromWorker<'a> {
                     payload: c.rest(),
                 })
             }
+            TAG_ON_PIPE => Ok(FromWorker::OnPipe { seq: c.u64()? }),
+            TAG_DOORBELL => Ok(FromWorker::Doorbell),
             _ => Err(FrameError::Malformed("unknown message tag")),
         }
     }
 }
+
+/// Appends an `ON_PIPE` frame (a ring entry).
+pub(crate) fn encode_on_pipe(out: &mut Vec<u8>, seq: u64) {
+    let start = begin_frame(out);
+    out.push(TAG_ON_PIPE);
+    out.extend_from_slice(&seq.to_le_bytes());
+    end_frame(out, start);
+}
+
+/// A `DOORBELL` frame.
+pub(crate) const DOORBELL: [u8; LEN_PREFIX + 1] = [1, 0, 0, 0, TAG_DOORBELL];
 
 /// Appends a `HELLO` frame.
 pub(crate) fn encode_hello(out: &mut Vec<u8>, pid: u32, identity: u64) {
@@ -436,7 +488,7 @@ mod tests {
                 None => prop_assert!(cut < out.len()),
                 Some((body, _)) => prop_assert_eq!(
                     ToWorker::decode(&out[body]).unwrap(),
-                    ToWorker::Job { seq, func: 1, trampoline: 2, args: &args, direct: false }
+                    ToWorker::Job { seq, func: 1, trampoline: 2, args: &args, route: Route::Pipe }
                 ),
             }
         }
@@ -455,7 +507,7 @@ mod tests {
                 func: 11,
                 trampoline: 13,
                 args: b"args",
-                direct: false,
+                route: Route::Pipe,
             }
         );
         let rest = &out[used..];
@@ -475,21 +527,41 @@ mod tests {
         begin_job(&mut built, 3, 4);
         built.extend_from_slice(b"xyz");
         end_frame(&mut built, 0);
-        set_job_seq(&mut built, 42, false);
+        set_job_seq(&mut built, 42, Route::Pipe);
         assert_eq!(built, direct);
-        // The same frame, answered on the reply stream.
-        set_job_seq(&mut built, 43, true);
-        let (body, _) = split_frame(&built, 1 << 20).unwrap().unwrap();
+        // The same frame, answered on the reply stream, then in the ring.
+        for (seq, route) in [(43, Route::Reply), (44, Route::Ring)] {
+            set_job_seq(&mut built, seq, route);
+            let (body, _) = split_frame(&built, 1 << 20).unwrap().unwrap();
+            assert_eq!(
+                ToWorker::decode(&built[body]).unwrap(),
+                ToWorker::Job {
+                    seq,
+                    func: 3,
+                    trampoline: 4,
+                    args: b"xyz",
+                    route,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn ring_entries_and_doorbells_round_trip() {
+        let mut out = Vec::new();
+        encode_on_pipe(&mut out, 77);
+        out.extend_from_slice(&DOORBELL);
+        let (body, used) = split_frame(&out, 64).unwrap().unwrap();
         assert_eq!(
-            ToWorker::decode(&built[body]).unwrap(),
-            ToWorker::Job {
-                seq: 43,
-                func: 3,
-                trampoline: 4,
-                args: b"xyz",
-                direct: true,
-            }
+            FromWorker::decode(&out[body]).unwrap(),
+            FromWorker::OnPipe { seq: 77 }
         );
+        let (body, _) = split_frame(&out[used..], 64).unwrap().unwrap();
+        assert_eq!(
+            FromWorker::decode(&out[used..][body]).unwrap(),
+            FromWorker::Doorbell
+        );
+        assert!(check_from_worker_tag(&out[used..]).is_ok());
     }
 
     #[test]

@@ -253,6 +253,68 @@ async fn crash_fails_one_task(crash: fn(()) -> u32, code: Option<i32>, signal: O
         == 2));
 }
 
+/// Appends `line` to `log` in one write (an `O_APPEND` write is atomic).
+fn log_line(log: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    f.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
+fn logs_then_squares((log, x): (PathBuf, u64)) -> u64 {
+    log_line(&log, &x.to_string());
+    x * x
+}
+
+fn logs_then_aborts(log: PathBuf) -> u64 {
+    log_line(&log, "crash");
+    std::process::abort()
+}
+
+// A worker that dies in the middle of a pipelined batch: the results of the
+// jobs it finished all arrive (none is run again), only the job it was running
+// fails, and the jobs it had not started run once on its replacement.
+#[tokio::test]
+async fn a_crash_mid_batch_loses_no_result_and_blames_only_its_job() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .pipeline_depth(32)
+        .build()
+        .unwrap();
+    // Quick tasks teach the pool that sending ahead is worthwhile.
+    for i in 0..50 {
+        pool.apply(square, i).await.unwrap();
+    }
+    let log = temp_dir("mid-batch").join("log");
+    let before: Vec<_> = (0..30)
+        .map(|i| pool.spawn(logs_then_squares, (log.clone(), i)))
+        .collect();
+    let crash = pool.spawn(logs_then_aborts, log.clone());
+    let after: Vec<_> = (30..60)
+        .map(|i| pool.spawn(logs_then_squares, (log.clone(), i)))
+        .collect();
+    for (i, task) in before.into_iter().chain(after).enumerate() {
+        let i = i as u64;
+        assert_eq!(task.await.unwrap(), i * i, "task {i}");
+    }
+    match crash.await {
+        Err(TaskError::WorkerDied { code, signal, .. }) => {
+            assert_eq!((code, signal), ABORTED)
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    let mut expected: Vec<String> = (0..60).map(|i: u64| i.to_string()).collect();
+    expected.push("crash".into());
+    expected.sort_unstable();
+    assert_eq!(lines, expected, "every job ran exactly once");
+}
+
 #[tokio::test]
 async fn an_abort_fails_only_its_task() {
     crash_fails_one_task(aborts, ABORTED.0, ABORTED.1).await;

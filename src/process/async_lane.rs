@@ -73,7 +73,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
         borrow.end(true);
         return Err(job); // cancelled: the queue skips it
     }
-    wire::set_job_seq(job.frame.bytes_mut(), loan.seq, true);
+    wire::set_job_seq(job.frame.bytes_mut(), loan.seq, wire::Route::Reply);
     Counters::bump(&ctx.counters.running);
     let exchange = Exchange {
         borrow,

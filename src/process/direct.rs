@@ -52,7 +52,7 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
         return Ok(());
     }
     let loan = borrow.lane().loan();
-    wire::set_job_seq(job.frame.bytes_mut(), loan.seq, true);
+    wire::set_job_seq(job.frame.bytes_mut(), loan.seq, wire::Route::Reply);
     Counters::bump(&ctx.counters.running);
     // SAFETY: the supervisor keeps these descriptors open while the lane is
     // open or lent, and it is lent to this thread until `borrow` ends.

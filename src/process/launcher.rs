@@ -25,6 +25,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) nice: i32,
     /// The pool slot the worker is for (remote slots have their own launcher).
     pub(crate) slot: usize,
+    /// Slots of the worker's result ring (the most queue jobs it may hold).
+    pub(crate) ring_slots: usize,
 }
 
 /// A started worker: the parent's ends of its streams, and the process.
@@ -36,6 +38,9 @@ pub(crate) struct Launched {
     /// Results of direct jobs come from here, in blocking mode; `None` turns
     /// the direct lane off for this worker (see `process::lane`).
     pub(crate) replies: Option<OwnedFd>,
+    /// The parent's side of the worker's result ring; `None`: results of
+    /// queued jobs come through `from_worker` too.
+    pub(crate) ring: Option<crate::ring::Ring>,
     /// The process itself.
     pub(crate) process: Box<dyn WorkerProcess>,
 }
@@ -102,7 +107,7 @@ pub(crate) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 impl Launcher for LocalLauncher {
     fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched> {
-        // All ends are close-on-exec; only the child's own four are made
+        // All ends are close-on-exec; only the child's own five are made
         // inheritable, in the child, so no worker holds another's pipes (which
         // would keep a dead parent's lifeline open).
         let (job_r, job_w) = cloexec_pipe()?;
@@ -112,18 +117,21 @@ impl Launcher for LocalLauncher {
         enlarge(&job_w);
         enlarge(&res_w);
         enlarge(&reply_w);
+        let ring = crate::ring::Ring::create(spec.ring_slots)?;
 
         let child_fds = [
             job_r.as_raw_fd(),
             res_w.as_raw_fd(),
             reply_w.as_raw_fd(),
             life_r.as_raw_fd(),
+            ring.fd().as_raw_fd(),
         ];
         let env = Spec {
             input: child_fds[0],
             output: child_fds[1],
             reply: child_fds[2],
             lifeline: child_fds[3],
+            ring: child_fds[4],
             identity: spec.identity,
             max_frame: spec.max_frame,
         }
@@ -192,6 +200,7 @@ impl Launcher for LocalLauncher {
             to_worker: job_w,
             from_worker: res_r,
             replies: Some(reply_r),
+            ring: Some(ring),
             process: Box::new(ChildProcess::new(child, Some(life_w))),
         })
     }

@@ -10,9 +10,10 @@
 //!    [`worker::Worker`] running: it starts it, lets it serve, and replaces
 //!    it when it dies or is recycled.
 //! 3. [`serve`]: the worker's event loop takes the job from the queue, writes
-//!    it to the worker's pipe (through the [`outbox`]), and reads the result
-//!    frame, which [`worker`] matches to the job and delivers to its task;
-//!    [`ending`] decides what happens when the worker goes away.
+//!    it to the worker's pipe (through the [`outbox`]), and waits for the
+//!    result, which [`results`] reads (from the worker's result ring, or the
+//!    pipe), matches to the job and delivers to its task; [`ending`] decides
+//!    what happens when the worker goes away.
 //! 4. The worker process itself is `crate::worker`, re-executed by the
 //!    [`launcher`]; the [`init`]ialiser runs in it before the first job.
 //!
@@ -34,6 +35,7 @@
 //! serve   -> async_lane, lend, ending, worker, outbox, ctx, lane, job
 //! lend    -> worker, ctx, lane, job
 //! ending  -> worker, ctx, launcher, job
+//! results -> worker, ctx
 //! worker  -> exit_watch, ctx, init, launcher, job
 //! exit_watch -> launcher
 //! async_lane -> direct, ctx, lane, job
@@ -45,7 +47,11 @@
 //!
 //! `job` and `launcher` import no other module of this one; `init` uses `job`.
 //! `crate::remote` (workers on other machines) sits beside them: `builder`,
-//! `worker` and `ending` use it, and it uses only `launcher`.
+//! `worker` and `ending` use it, and it uses only `launcher`. `results`
+//! calls methods of `worker::Worker` that it defines itself (an `impl` block
+//! of its own); `serve` and `ending` call them through the worker. The
+//! result ring, `crate::ring`, is used by `launcher` (which creates it),
+//! `worker` (which holds it) and `results` (which reads it).
 
 //!
 //! # Windows
@@ -78,6 +84,8 @@ mod lend;
 #[cfg(unix)]
 mod outbox;
 mod pool;
+#[cfg(unix)]
+mod results;
 #[cfg_attr(windows, path = "windows/serve.rs")]
 mod serve;
 mod slot;

@@ -43,6 +43,10 @@ struct Service<'a> {
     /// Set right after the result pipe woke the lend: the loop must read it
     /// before lending again.
     skip_lend: bool,
+    /// Where the queue's jobs answer: the result ring, if the worker has one.
+    route: wire::Route,
+    /// The most jobs the worker may hold unanswered (its ring's slots).
+    max_held: usize,
 }
 
 impl Worker {
@@ -86,6 +90,14 @@ impl<'a> Service<'a> {
             pending: None,
             lendable: worker.replies.is_some() && ctx.config.max_memory.is_none(),
             skip_lend: false,
+            route: match worker.ring {
+                Some(_) => wire::Route::Ring,
+                None => wire::Route::Pipe,
+            },
+            max_held: worker
+                .ring
+                .as_ref()
+                .map_or(usize::MAX, |r| r.slots() as usize),
         }
     }
 
@@ -93,7 +105,7 @@ impl<'a> Service<'a> {
     fn send(&mut self, mut job: Job) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        wire::set_job_seq(job.frame.bytes_mut(), seq, false);
+        wire::set_job_seq(job.frame.bytes_mut(), seq, self.route);
         self.out.push_frame(&job.frame);
         Counters::bump(&self.ctx.counters.running);
         let sent_idle = self.inflight.is_empty().then(std::time::Instant::now);
@@ -221,7 +233,8 @@ impl<'a> Service<'a> {
         let cfg = &self.ctx.config;
         cfg.max_tasks.is_none_or(|m| self.sent < m)
             && (self.inflight.is_empty()
-                || (self.inflight.len() < depth && self.ctx.queue.len() >= 2 * cfg.workers))
+                || (self.inflight.len() < depth.min(self.max_held)
+                    && self.ctx.queue.len() >= 2 * cfg.workers))
     }
 
     /// Waits for the next event of a busy (or not lendable) worker and
@@ -232,6 +245,36 @@ impl<'a> Service<'a> {
         idle: bool,
         writing: bool,
     ) -> Option<Stop> {
+        let cfg = &self.ctx.config;
+        let want = wire::missing_bytes(&worker.inbuf)
+            .filter(|&n| n as u64 <= cfg.max_frame)
+            .unwrap_or(0)
+            .max(64 * 1024);
+        worker.inbuf.reserve(want);
+        // Results the worker published while this loop was busy come first;
+        // otherwise it rings the doorbell for the next one (see `crate::ring`).
+        if let Some(ring) = &worker.ring {
+            if !ring.arm() {
+                let before = ring.pending();
+                let stop = self.after_results(worker);
+                let stuck = worker.ring.as_ref().map(|r| r.pending()) == Some(before);
+                if stop.is_some() || !stuck {
+                    return stop;
+                }
+                // The next entry's frame is still in the pipe: read it (the
+                // ring is not armed, and needs not be: the pipe has bytes).
+            }
+        }
+        let event = self.next_event(worker, idle, writing).await;
+        if let Some(ring) = &worker.ring {
+            ring.disarm();
+        }
+        event
+    }
+
+    /// Waits for one event and handles it (the `select!` of
+    /// [`wait_for_event`](Self::wait_for_event)).
+    async fn next_event(&mut self, worker: &mut Worker, idle: bool, writing: bool) -> Option<Stop> {
         let ctx = self.ctx;
         let cfg = &ctx.config;
         let depth = ctx.depth();
@@ -242,12 +285,6 @@ impl<'a> Service<'a> {
         // Part of a frame with nothing more arriving: a healthy worker
         // writes a frame in one go, so its stream is out of step.
         let stall_timer = (!worker.inbuf.is_empty()).then_some(STALLED_FRAME);
-        let want = wire::missing_bytes(&worker.inbuf)
-            .filter(|&n| n as u64 <= cfg.max_frame)
-            .unwrap_or(0)
-            .max(64 * 1024);
-        worker.inbuf.reserve(want);
-
         tokio::select! {
             biased;
             _ = ctx.stop.recv() => Some(Stop::Terminated),
@@ -304,13 +341,17 @@ impl<'a> Service<'a> {
         None
     }
 
-    /// The result pipe gave `read` bytes: settle the complete results, and
-    /// recycle a worker grown too large.
+    /// The result pipe gave `read` bytes: settle the complete results.
     fn on_read(&mut self, worker: &mut Worker, read: io::Result<usize>) -> Option<Stop> {
         match read {
-            Ok(0) | Err(_) => return Some(Stop::Died),
-            Ok(_) => {}
+            Ok(0) | Err(_) => Some(Stop::Died),
+            Ok(_) => self.after_results(worker),
         }
+    }
+
+    /// Settles the complete results (pipe and ring), and recycles a worker
+    /// grown too large.
+    fn after_results(&mut self, worker: &mut Worker) -> Option<Stop> {
         if let Err(e) = worker.take_results(self.ctx, &mut self.inflight) {
             return Some(Stop::Protocol(e));
         }

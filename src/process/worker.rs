@@ -1,10 +1,8 @@
 //! The parent's side of one worker process: starting it (launch, HELLO,
-//! initializer), reading its result frames and settling the jobs they answer,
-//! and reaping it. The loop that feeds it is in [`super::serve`].
+//! initializer) and reaping it. Its results are read in [`super::results`];
+//! the loop that feeds it is in [`super::serve`].
 
-use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -16,7 +14,7 @@ use super::exit_watch::exit_watch;
 use super::init::InitJob;
 use super::job::Job;
 use super::launcher::{ExitInfo, LaunchSpec, WorkerProcess};
-use crate::stats::Counters;
+use crate::ring::Ring;
 use crate::wire::{self, FromWorker};
 use crate::Error;
 
@@ -50,6 +48,9 @@ pub(crate) struct Worker {
     /// a process its task forked holds the worker's pipes open. Watched here
     /// and by lane borrowers.
     pub(crate) exited: Option<AsyncFd<std::os::fd::OwnedFd>>,
+    /// Where the results of the queue's jobs are published, if the worker
+    /// has a ring (see [`crate::ring`]); else they come through `rx`.
+    pub(crate) ring: Option<Ring>,
     pub(crate) inbuf: Vec<u8>,
     /// Releases `inbuf`'s memory once large results stop coming.
     pub(crate) keeper: crate::buffer::Keeper,
@@ -80,9 +81,12 @@ impl Worker {
             max_frame: ctx.config.max_frame,
             memory_limit: ctx.config.memory_limit,
             nice: ctx.config.nice,
+            // Never fewer than the jobs a worker may hold (see `serve`).
+            ring_slots: ctx.config.pipeline_depth + 2,
         };
         let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
         let process = launched.process;
+        let ring = launched.ring;
         // Non-blocking: async borrowers read it when their reactor says so,
         // blocking ones poll() before each read.
         let replies = launched
@@ -112,6 +116,7 @@ impl Worker {
                 unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
             }),
             replies,
+            ring,
             inbuf: Vec::with_capacity(64 * 1024),
             keeper: Default::default(),
             next_seq: 1,
@@ -231,132 +236,6 @@ impl Worker {
         self.inbuf.reserve(64 * 1024);
         self.rx.try_read_buf(&mut self.inbuf)
     }
-
-    /// Reads whatever the worker has already written, without waiting, and
-    /// handles the complete frames.
-    pub(crate) fn take_available(
-        &mut self,
-        ctx: &PoolCtx,
-        inflight: &mut VecDeque<InFlight>,
-    ) -> Result<(), String> {
-        loop {
-            self.inbuf.reserve(64 * 1024);
-            match self.rx.try_read_buf(&mut self.inbuf) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(_) => break, // would block, or an error the next read sees
-            }
-        }
-        self.take_results(ctx, inflight)
-    }
-
-    /// Handles every complete frame in `inbuf`.
-    pub(crate) fn take_results(
-        &mut self,
-        ctx: &PoolCtx,
-        inflight: &mut VecDeque<InFlight>,
-    ) -> Result<(), String> {
-        let max = ctx.config.max_frame;
-        let mut pos = 0;
-        let outcome = loop {
-            let (body, used) = match wire::split_frame(&self.inbuf[pos..], max) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => match wire::check_from_worker_tag(&self.inbuf[pos..]) {
-                    Ok(()) => break Ok(()),
-                    Err(e) => break Err(e.to_string()),
-                },
-                Err(e) => break Err(e.to_string()),
-            };
-            let body = &self.inbuf[pos + body.start..pos + body.end];
-            pos += used;
-            let message = match FromWorker::decode(body) {
-                Ok(m) => m,
-                Err(e) => break Err(e.to_string()),
-            };
-            if let Err(e) = self.settle(ctx, inflight, message) {
-                break Err(e);
-            }
-        };
-        self.inbuf.drain(..pos);
-        self.keeper.after_use(&mut self.inbuf, pos);
-        outcome
-    }
-
-    /// Settles the job a result message answers, and any the worker says it
-    /// skipped.
-    fn settle(
-        &self,
-        ctx: &PoolCtx,
-        inflight: &mut VecDeque<InFlight>,
-        message: FromWorker<'_>,
-    ) -> Result<(), String> {
-        let counters = &ctx.counters;
-        let FromWorker::Result {
-            seq,
-            next,
-            seen,
-            nanos,
-            status,
-            payload,
-        } = message
-        else {
-            return Err("unexpected message after the handshake".into());
-        };
-        // Jobs before `seq` can only have been skipped, which the worker
-        // does only for cancelled ones.
-        pop_skipped(ctx, inflight, |s| s < seq)?;
-        if inflight.front().map(|e| e.seq) != Some(seq) {
-            return Err(format!("result for job {seq}, which it was not running"));
-        }
-        match inflight.pop_front() {
-            Some(entry) => {
-                counters.running.fetch_sub(1, Ordering::Relaxed);
-                if let Some(sent) = entry.sent_idle {
-                    let total = sent.elapsed().as_nanos() as u64;
-                    counters.note_round_trip(self.slot, total.saturating_sub(nanos));
-                }
-                ctx.finished(&entry.job, status, nanos);
-                entry.job.slot.deliver(status, payload, self.pid);
-            }
-            None => unreachable!("checked above"),
-        }
-        // Now learn which job the worker runs next.
-        if next != 0 {
-            pop_skipped(ctx, inflight, |s| s < next).and_then(|()| match inflight.front() {
-                Some(f) if f.seq == next => Ok(()),
-                _ => Err(format!(
-                    "worker names job {next} as next, which it was not sent"
-                )),
-            })
-        } else {
-            // Idle: every job it has seen is done or skipped; the first one
-            // it has not seen starts as soon as it is read.
-            pop_skipped(ctx, inflight, |s| s <= seen)
-        }
-    }
-}
-
-/// Pops leading entries matching `before`; they must all be cancelled.
-fn pop_skipped(
-    ctx: &PoolCtx,
-    inflight: &mut VecDeque<InFlight>,
-    before: impl Fn(u64) -> bool,
-) -> Result<(), String> {
-    while let Some(front) = inflight.front() {
-        if !before(front.seq) {
-            break;
-        }
-        if !front.job.slot.is_cancelled() {
-            return Err(format!(
-                "worker skipped job {}, which was not cancelled",
-                front.seq
-            ));
-        }
-        inflight.pop_front();
-        ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
-        Counters::bump(&ctx.counters.cancelled);
-    }
-    Ok(())
 }
 
 /// Resolves once the watched process has exited; never without a watch.

@@ -123,6 +123,7 @@ impl Launcher for RemoteLauncher {
             to_worker: job_w,
             from_worker: res_r,
             replies: None, // no direct lane over a launcher
+            ring: None,    // nor shared memory
             process: Box::new(ChildProcess::new(child, None)),
         })
     }

@@ -131,6 +131,8 @@ pub(crate) struct Spec {
     pub(crate) reply: RawFd,
     /// Read end of the lifeline: end of file means the parent is gone.
     pub(crate) lifeline: RawFd,
+    /// The result ring's shared memory; -1 when there is none.
+    pub(crate) ring: RawFd,
     /// The parent's build identity.
     pub(crate) identity: u64,
     /// Largest frame either side may send.
@@ -140,14 +142,20 @@ pub(crate) struct Spec {
 impl Spec {
     pub(crate) fn to_env(&self) -> String {
         format!(
-            "v2:{}:{}:{}:{}:{:x}:{}",
-            self.input, self.output, self.reply, self.lifeline, self.identity, self.max_frame
+            "v3:{}:{}:{}:{}:{}:{:x}:{}",
+            self.input,
+            self.output,
+            self.reply,
+            self.lifeline,
+            self.ring,
+            self.identity,
+            self.max_frame
         )
     }
 
     pub(crate) fn parse(s: &str) -> Option<Spec> {
         let mut parts = s.split(':');
-        if parts.next()? != "v2" {
+        if parts.next()? != "v3" {
             return None;
         }
         let spec = Spec {
@@ -155,6 +163,7 @@ impl Spec {
             output: parts.next()?.parse().ok()?,
             reply: parts.next()?.parse().ok()?,
             lifeline: parts.next()?.parse().ok()?,
+            ring: parts.next()?.parse().ok()?,
             identity: u64::from_str_radix(parts.next()?, 16).ok()?,
             max_frame: parts.next()?.parse().ok()?,
         };
@@ -207,6 +216,7 @@ mod tests {
             output: 7,
             reply: 8,
             lifeline: 9,
+            ring: 10,
             identity: 0xdead_beef,
             max_frame: 1 << 30,
         };
@@ -215,8 +225,9 @@ mod tests {
             "",
             "v1:1:2:3:4:5",
             "v2:1:2:3:4:5",
-            "v2:1:2:-1:3:zz:5",
-            "v2:1:2:-1:3:4:5:6",
+            "v3:1:2:-1:3:4:zz:5",
+            "v3:1:2:-1:3:4:5:6:7",
+            "v2:1:2:-1:3:4:5",
             "v2:1:2",
         ] {
             assert_eq!(Spec::parse(bad), None, "{bad}");

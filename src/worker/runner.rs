@@ -17,7 +17,8 @@ use rustix::event::{poll, PollFd, PollFlags};
 
 use crate::func_ref;
 use crate::panic_info;
-use crate::wire::{self, FrameError, Status, ToWorker};
+use crate::ring::{Ring, SLOT_BYTES};
+use crate::wire::{self, FrameError, Route, Status, ToWorker};
 
 use super::Spec;
 
@@ -37,7 +38,24 @@ pub(super) fn serve(spec: Spec) -> i32 {
     // The descriptors were inherited across exec; processes this worker's
     // tasks start must not inherit them in turn (a grandchild holding the
     // result pipe would hide this worker's death from the parent).
-    for fd in [spec.input, spec.output, spec.reply, spec.lifeline] {
+    let ring = match spec.ring {
+        -1 => None,
+        // SAFETY: as above, this descriptor is ours alone.
+        fd => match Ring::open(unsafe { OwnedFd::from_raw_fd(fd) }) {
+            Ok(ring) => Some(ring),
+            Err(e) => {
+                eprintln!("procpool worker {}: {e}", std::process::id());
+                return 4;
+            }
+        },
+    };
+    for fd in [
+        spec.input,
+        spec.output,
+        spec.reply,
+        spec.lifeline,
+        spec.ring,
+    ] {
         if fd < 0 {
             continue;
         }
@@ -55,6 +73,7 @@ pub(super) fn serve(spec: Spec) -> i32 {
         input,
         output,
         reply,
+        ring,
         inbuf: Vec::with_capacity(64 * 1024),
         parsed: 0,
         jobs: VecDeque::new(),
@@ -83,6 +102,26 @@ pub(super) fn serve(spec: Spec) -> i32 {
     }
 }
 
+/// Publishes the result frame `out` of job `seq` in the ring: in a slot when
+/// it fits, else on the pipe, announced by a slot naming the job. Rings the
+/// doorbell if the parent is about to sleep.
+fn publish(ring: &Ring, pipe: &mut File, out: &[u8], seq: u64) -> io::Result<()> {
+    if out.len() <= SLOT_BYTES {
+        ring.publish(out)?;
+    } else {
+        // Whole on the pipe before the entry appears: the parent that sees
+        // the entry finds the frame complete.
+        pipe.write_all(out)?;
+        let mut entry = Vec::with_capacity(16);
+        wire::encode_on_pipe(&mut entry, seq);
+        ring.publish(&entry)?;
+    }
+    if ring.must_wake() {
+        pipe.write_all(&wire::DOORBELL)?;
+    }
+    Ok(())
+}
+
 /// Ends this process as soon as the parent's end of the lifeline closes, which
 /// happens when the parent exits for any reason, SIGKILL included, even while
 /// a task is running.
@@ -97,8 +136,8 @@ fn watch_lifeline(lifeline: OwnedFd) {
 /// A job received but not started: its argument bytes stay in `inbuf`.
 struct JobRef {
     seq: u64,
-    /// Answer on the reply stream (a direct-lane job).
-    direct: bool,
+    /// Where the result goes.
+    route: Route,
     func: u64,
     trampoline: u64,
     frame_start: usize,
@@ -110,6 +149,9 @@ struct Runner {
     output: File,
     /// Where direct jobs' results go, if the launcher gave this worker one.
     reply: Option<File>,
+    /// Where the queue's jobs' results go, if the launcher gave this worker
+    /// one (see [`crate::ring`]).
+    ring: Option<Ring>,
     /// Bytes read from the parent; `..parsed` holds whole frames.
     inbuf: Vec<u8>,
     parsed: usize,
@@ -153,7 +195,7 @@ impl Runner {
             // A direct job's caller reads only the reply stream: what the task
             // sends "to the parent" (the protocol-fault test hooks) goes there.
             let direct = match &self.reply {
-                Some(reply) if job.direct => {
+                Some(reply) if job.route == Route::Reply => {
                     super::OUTPUT_FD.store(reply.as_raw_fd(), Ordering::Relaxed);
                     true
                 }
@@ -194,8 +236,11 @@ impl Runner {
             };
             let next = self.jobs.front().map_or(0, |j| j.seq);
             wire::finish_result(&mut self.out, next, self.seen, nanos);
-            match &mut self.reply {
-                Some(reply) if direct => reply.write_all(&self.out)?,
+            match (&mut self.reply, &self.ring, job.route) {
+                (Some(reply), _, Route::Reply) => reply.write_all(&self.out)?,
+                (_, Some(ring), Route::Ring) => {
+                    publish(ring, &mut self.output, &self.out, job.seq)?
+                }
                 _ => self.output.write_all(&self.out)?,
             }
             let used = self.out.len();
@@ -260,13 +305,13 @@ impl Runner {
                     func,
                     trampoline,
                     args,
-                    direct,
+                    route,
                 } => {
                     let args_start = body.end - args.len();
                     self.seen = self.seen.max(seq);
                     self.jobs.push_back(JobRef {
                         seq,
-                        direct,
+                        route,
                         func,
                         trampoline,
                         frame_start,
@@ -307,6 +352,7 @@ mod tests {
             input: null(),
             output: File::open("/dev/null").unwrap(),
             reply: None,
+            ring: None,
             inbuf: Vec::new(),
             parsed: 0,
             jobs: VecDeque::new(),

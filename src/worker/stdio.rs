@@ -103,6 +103,7 @@ fn serve(expected: u64, identity: u64, max_frame: u64) -> i32 {
         output: into_raw(output),
         reply: -1,
         lifeline: -1, // watched above
+        ring: -1,     // results cross the network
         identity,     // checked by the runner as for a local worker
         max_frame,
     };

@@ -85,6 +85,7 @@ impl Launcher for LocalLauncher {
             output: -1,
             reply: -1,
             lifeline: -1,
+            ring: -1,
             identity: spec.identity,
             max_frame: spec.max_frame,
         }

@@ -83,7 +83,7 @@ impl Service<'_> {
     fn send(&mut self, mut job: Job) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        wire::set_job_seq(job.frame.bytes_mut(), seq, false);
+        wire::set_job_seq(job.frame.bytes_mut(), seq, wire::Route::Pipe);
         self.out.clear();
         self.out.extend_from_slice(job.frame.bytes());
         self.written = 0;

@@ -1,0 +1,334 @@
+//! The result ring: small results published in memory shared with the parent.
+//!
+//! Writing every result to the pipe costs the worker a system call and the
+//! parent a wake-up per task, most of a small task's price. Holding results
+//! back to write them in batches would be cheap, but not exact: a result
+//! still held when the worker dies is lost, the job it answered is then
+//! blamed for the crash and run again. So a worker publishes each result the
+//! moment its job ends, into a ring of fixed-size slots in a shared mapping
+//! that outlives the worker; the parent reads the ring whenever it looks, and
+//! the pipe only rings a doorbell when the parent said it is about to sleep.
+//!
+//! The rules that keep it exact (see also [`crate::wire`]):
+//!
+//! - Only jobs the parent sent as `JOB_RING` answer here, in the order they
+//!   ran. A result too large for a slot goes to the pipe first and is then
+//!   announced by an `ON_PIPE` entry naming its job, so the ring alone orders
+//!   all results.
+//! - The parent never has more such jobs unanswered than the ring has slots,
+//!   so a well-behaved worker never finds it full.
+//! - Sleeping: the parent sets `waiting`, then looks at `head` once more; the
+//!   worker stores `head`, then looks at `waiting`. Both with sequentially
+//!   consistent ordering, so one of them always sees the other (no lost
+//!   wake-up).
+//! - Everything a worker wrote is untrusted: the parent copies a slot out
+//!   before decoding it, checks the counters, and decodes the copy like any
+//!   frame from the pipe.
+//!
+//! The mapping is a sealed `memfd` on Linux (the worker cannot shrink it under
+//! the parent, which would make the parent's reads fault) and an unlinked
+//! POSIX shared memory object elsewhere. Workers on other machines, and
+//! Windows workers, have no ring: their results use the pipe.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+/// Bytes per slot: a result frame of up to this size is published inline.
+pub(crate) const SLOT_BYTES: usize = 128;
+/// The counters, each on a cache line of its own; slots start after them.
+const HEADER_BYTES: usize = 256;
+
+/// The mapping's first bytes.
+#[repr(C)]
+struct Header {
+    /// Entries published (the worker's).
+    head: AtomicU64,
+    _pad1: [u8; 56],
+    /// Entries consumed (the parent's).
+    tail: AtomicU64,
+    _pad2: [u8; 56],
+    /// 1 while the parent may sleep until the pipe wakes it.
+    waiting: AtomicU32,
+    /// Number of slots, set by the parent before the worker starts.
+    slots: u32,
+}
+
+/// One side's mapping of a worker's result ring.
+pub(crate) struct Ring {
+    fd: OwnedFd,
+    map: NonNull<u8>,
+    len: usize,
+    slots: u64,
+}
+
+// SAFETY: the mapping is plain shared memory; the header is only touched
+// through atomics, and the slots are written by one side (the worker) and read
+// by copying (the parent), as the counters allow.
+unsafe impl Send for Ring {}
+// SAFETY: as above; `&Ring` exposes nothing that is not atomic or copied.
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    /// Creates a ring with room for `slots` results (the parent's side).
+    pub(crate) fn create(slots: usize) -> io::Result<Ring> {
+        let slots = u32::try_from(slots.max(1)).map_err(|_| io::Error::other("too many slots"))?;
+        let page = rustix::param::page_size();
+        let len = (HEADER_BYTES + slots as usize * SLOT_BYTES).div_ceil(page) * page;
+        let fd = shared_memory(len as u64)?;
+        let ring = Ring::map(fd, len, slots as u64)?;
+        // SAFETY: the mapping is at least `HEADER_BYTES` long and page
+        // aligned; no worker has it yet.
+        unsafe { (*ring.map.as_ptr().cast::<Header>()).slots = slots };
+        Ok(ring)
+    }
+
+    /// Maps the ring the parent passed to this worker.
+    pub(crate) fn open(fd: OwnedFd) -> io::Result<Ring> {
+        let len = rustix::fs::fstat(&fd)?.st_size as usize;
+        if len < HEADER_BYTES {
+            return Err(io::Error::other("result ring too small"));
+        }
+        let mut ring = Ring::map(fd, len, 0)?;
+        let slots = ring.header_slots() as u64;
+        if slots == 0 || HEADER_BYTES as u64 + slots * SLOT_BYTES as u64 > len as u64 {
+            return Err(io::Error::other("result ring header is inconsistent"));
+        }
+        ring.slots = slots;
+        Ok(ring)
+    }
+
+    fn map(fd: OwnedFd, len: usize, slots: u64) -> io::Result<Ring> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: a fresh shared mapping of `len` bytes of `fd`, which is at
+        // least that long (and, on Linux, sealed against shrinking); nothing
+        // else in this process refers to that address range.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let map = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Ring {
+            fd,
+            map,
+            len,
+            slots,
+        })
+    }
+
+    /// The descriptor a worker inherits.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The number of slots.
+    pub(crate) fn slots(&self) -> u64 {
+        self.slots
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a `Header` (page aligned, long
+        // enough) and lives as long as `self`.
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    fn header_slots(&self) -> u32 {
+        // SAFETY: as in `header`; read once when the worker maps the ring.
+        unsafe { std::ptr::read_volatile(&(*self.map.as_ptr().cast::<Header>()).slots) }
+    }
+
+    fn slot_ptr(&self, index: u64) -> *mut u8 {
+        let offset = HEADER_BYTES + (index % self.slots) as usize * SLOT_BYTES;
+        // SAFETY: `offset + SLOT_BYTES <= len`, checked when the ring was
+        // created or opened.
+        unsafe { self.map.as_ptr().add(offset) }
+    }
+
+    // ----- the worker's side -----
+
+    /// Publishes one whole frame of at most [`SLOT_BYTES`]. `Err` when the
+    /// ring is full, which a parent that keeps its rules never allows.
+    pub(crate) fn publish(&self, frame: &[u8]) -> io::Result<()> {
+        assert!(frame.len() <= SLOT_BYTES, "a ring entry fits its slot");
+        let h = self.header();
+        let head = h.head.load(Ordering::Relaxed);
+        if head.wrapping_sub(h.tail.load(Ordering::Acquire)) >= self.slots {
+            return Err(io::Error::other("the result ring is full"));
+        }
+        // SAFETY: slot `head` is free (the parent consumed it, as `tail`
+        // says) and only this worker writes slots.
+        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), self.slot_ptr(head), frame.len()) };
+        h.head.store(head + 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// After publishing: `true` when the parent is asleep and must be woken
+    /// through the pipe (it is then no longer marked as waiting).
+    pub(crate) fn must_wake(&self) -> bool {
+        let h = self.header();
+        fence(Ordering::SeqCst);
+        h.waiting.load(Ordering::SeqCst) == 1 && h.waiting.swap(0, Ordering::SeqCst) == 1
+    }
+
+    // ----- the parent's side -----
+
+    /// Entries published and not yet consumed, as `(first, end)` sequence
+    /// numbers; `Err` when the worker's counter makes no sense.
+    pub(crate) fn pending(&self) -> Result<(u64, u64), &'static str> {
+        let h = self.header();
+        let tail = h.tail.load(Ordering::Relaxed);
+        let head = h.head.load(Ordering::Acquire);
+        match head.wrapping_sub(tail) {
+            n if n <= self.slots => Ok((tail, head)),
+            _ => Err("the worker's result ring counter is out of range"),
+        }
+    }
+
+    /// A copy of entry `index` (between `pending`'s bounds).
+    pub(crate) fn read(&self, index: u64) -> [u8; SLOT_BYTES] {
+        // SAFETY: the slot lies inside the mapping; the worker no longer
+        // writes it (it published it). A worker breaking that rule can only
+        // make this copy garbage, which decoding refuses.
+        unsafe { std::ptr::read_volatile(self.slot_ptr(index).cast::<[u8; SLOT_BYTES]>()) }
+    }
+
+    /// Entries up to `end` (exclusive) are consumed: their slots are free.
+    pub(crate) fn consumed(&self, end: u64) {
+        self.header().tail.store(end, Ordering::Release);
+    }
+
+    /// Before sleeping: marks the parent as waiting, unless entries are
+    /// already pending (`false`: look at them first; not marked).
+    pub(crate) fn arm(&self) -> bool {
+        let h = self.header();
+        h.waiting.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if h.head.load(Ordering::SeqCst) != h.tail.load(Ordering::Relaxed) {
+            h.waiting.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Awake again: the worker need not ring the doorbell.
+    pub(crate) fn disarm(&self) {
+        self.header().waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: `map` and `len` are the mapping made in `map`, unmapped
+        // once, here; no reference into it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.map.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A shared memory file of `len` bytes, close-on-exec.
+#[cfg(all(target_os = "linux", not(procpool_portable)))]
+fn shared_memory(len: u64) -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "procpool-results",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, len)?;
+    // The worker gets a writable descriptor; the seals keep it from changing
+    // the size (a shrunk file would fault the parent's reads).
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// A shared memory file of `len` bytes, close-on-exec: a POSIX shared memory
+/// object, unlinked at once so that only its descriptors keep it.
+#[cfg(not(all(target_os = "linux", not(procpool_portable))))]
+fn shared_memory(len: u64) -> io::Result<OwnedFd> {
+    use rustix::fs::Mode;
+    use rustix::shm::OFlags;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        // Short: macOS allows 31 bytes.
+        let name = format!(
+            "/pp{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR;
+        match rustix::shm::open(name.as_str(), flags, Mode::RUSR | Mode::WUSR) {
+            Ok(fd) => {
+                let _ = rustix::shm::unlink(name.as_str());
+                rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+                rustix::fs::ftruncate(&fd, len)?;
+                return Ok(fd);
+            }
+            // Left over from an earlier process with our pid: another name.
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker_view(parent: &Ring) -> Ring {
+        let fd = parent.fd().try_clone_to_owned().unwrap();
+        Ring::open(fd).unwrap()
+    }
+
+    #[test]
+    fn entries_cross_in_order_and_free_their_slots() {
+        let parent = Ring::create(4).unwrap();
+        let worker = worker_view(&parent);
+        assert_eq!(worker.slots(), 4);
+        for round in 0..3u8 {
+            for i in 0..4u8 {
+                worker.publish(&[round, i, 7]).unwrap();
+            }
+            assert!(worker.publish(&[9]).is_err(), "full after 4");
+            let (first, end) = parent.pending().unwrap();
+            assert_eq!(end - first, 4);
+            for (k, index) in (first..end).enumerate() {
+                assert_eq!(&parent.read(index)[..3], &[round, k as u8, 7]);
+            }
+            parent.consumed(end);
+        }
+    }
+
+    #[test]
+    fn the_doorbell_rings_only_for_a_parent_about_to_sleep() {
+        let parent = Ring::create(2).unwrap();
+        let worker = worker_view(&parent);
+        worker.publish(&[1]).unwrap();
+        assert!(!worker.must_wake(), "the parent is awake");
+        assert!(!parent.arm(), "an entry is pending: do not sleep");
+        parent.consumed(1);
+        assert!(parent.arm());
+        worker.publish(&[2]).unwrap();
+        assert!(worker.must_wake());
+        assert!(!worker.must_wake(), "woken once");
+        parent.disarm();
+    }
+
+    #[test]
+    fn a_corrupt_counter_is_refused() {
+        let parent = Ring::create(2).unwrap();
+        parent.header().head.store(1000, Ordering::SeqCst);
+        assert!(parent.pending().is_err());
+    }
+
+    #[cfg(all(target_os = "linux", not(procpool_portable)))]
+    #[test]
+    fn the_worker_cannot_shrink_the_shared_file() {
+        let parent = Ring::create(2).unwrap();
+        assert!(rustix::fs::ftruncate(parent.fd(), 0).is_err());
+    }
+}
