@@ -191,12 +191,31 @@ impl Ring {
         }
     }
 
-    /// A copy of entry `index` (between `pending`'s bounds).
+    /// A copy of entry `index` (between `pending`'s bounds): the frame its
+    /// length prefix announces, the rest of the slot zeroed.
     pub(crate) fn read(&self, index: u64) -> [u8; SLOT_BYTES] {
-        // SAFETY: the slot lies inside the mapping; the worker no longer
-        // writes it (it published it). A worker breaking that rule can only
-        // make this copy garbage, which decoding refuses.
-        unsafe { std::ptr::read_volatile(self.slot_ptr(index).cast::<[u8; SLOT_BYTES]>()) }
+        const WORD: usize = std::mem::size_of::<u64>();
+        let src = self.slot_ptr(index).cast::<u64>();
+        // SAFETY (both reads): the slot lies inside the mapping and is
+        // 8-aligned (the mapping is page aligned, slots `SLOT_BYTES` apart);
+        // the worker no longer writes it (it published it). A worker breaking
+        // that rule can only make this copy garbage, which decoding refuses.
+        let first = unsafe { src.read_volatile() }.to_ne_bytes();
+        let prefix: [u8; 4] = first[..crate::wire::LEN_PREFIX]
+            .try_into()
+            .expect("4 bytes");
+        let frame = crate::wire::LEN_PREFIX + u32::from_le_bytes(prefix) as usize;
+        let mut bytes = [0u8; SLOT_BYTES];
+        bytes[..WORD].copy_from_slice(&first);
+        // Word by word (a volatile byte array would be copied byte by byte),
+        // and only the words the frame covers.
+        let words = frame.div_ceil(WORD).min(SLOT_BYTES / WORD);
+        for i in 1..words {
+            // SAFETY: as above; `i` < the slot's words.
+            let word = unsafe { src.add(i).read_volatile() };
+            bytes[i * WORD..][..WORD].copy_from_slice(&word.to_ne_bytes());
+        }
+        bytes
     }
 
     /// Entries up to `end` (exclusive) are consumed: their slots are free.
