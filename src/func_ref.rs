@@ -114,7 +114,8 @@ where
         Err(p) => return encode_panic(out, p),
     };
     // Encoding runs user `Serialize` code, which may panic too.
-    let encoded = panic_info::catch(|| rmp_serde::encode::write(out, &value));
+    let encoded =
+        panic_info::catch(|| rmp_serde::encode::write(&mut crate::buffer::Growing(out), &value));
     drop(value);
     match encoded {
         Ok(Ok(())) => {

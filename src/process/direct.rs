@@ -231,7 +231,7 @@ pub(super) fn read_reply(
             .filter(|&n| n as u64 <= max)
             .unwrap_or(0)
             .max(4096);
-        buf.reserve(want);
+        crate::buffer::reserve(buf, want);
         match rustix::io::read(fd, rustix::buffer::spare_capacity(buf)) {
             Ok(0) => return Err(Failure::Died),
             Ok(_) | Err(rustix::io::Errno::INTR) => {}

@@ -278,7 +278,7 @@ impl ProcessPool {
         // Room for the header and a small argument in one allocation.
         let mut frame = Vec::with_capacity(48);
         wire::begin_job(&mut frame, fn_ref.func, fn_ref.trampoline);
-        rmp_serde::encode::write(&mut frame, args).map_err(|e| {
+        rmp_serde::encode::write(&mut crate::buffer::Growing(&mut frame), args).map_err(|e| {
             Task::failed(TaskError::Serialization {
                 stage: CodecStage::EncodeArgument,
                 message: e.to_string(),

@@ -250,7 +250,7 @@ impl<'a> Service<'a> {
             .filter(|&n| n as u64 <= cfg.max_frame)
             .unwrap_or(0)
             .max(64 * 1024);
-        worker.inbuf.reserve(want);
+        crate::buffer::reserve(&mut worker.inbuf, want);
         // Results the worker published while this loop was busy come first;
         // otherwise it rings the doorbell for the next one (see `crate::ring`).
         if let Some(ring) = &worker.ring {

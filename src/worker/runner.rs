@@ -22,6 +22,9 @@ use crate::wire::{self, FrameError, Route, Status, ToWorker};
 
 use super::Spec;
 
+/// More than a result frame's header and its payload's own header take.
+const RESULT_HEADER_ROOM: usize = 64;
+
 /// Runs the worker until the parent closes the job pipe. Returns the exit code.
 pub(super) fn serve(spec: Spec) -> i32 {
     // SAFETY: the parent passed these descriptors to this process for our use
@@ -187,9 +190,10 @@ impl Runner {
             let job = self.jobs.pop_front().expect("not empty");
             self.out.clear();
             // Results are often about as large as arguments: reserving that
-            // much up front (untouched memory costs nothing) spares a large
-            // result a chain of reallocations and copies.
-            self.out.reserve(job.args.len());
+            // much up front (untouched memory costs nothing), and room for the
+            // result's header, spares a large result a chain of reallocations
+            // and copies.
+            crate::buffer::reserve(&mut self.out, job.args.len() + RESULT_HEADER_ROOM);
             wire::begin_result(&mut self.out, job.seq, Status::Ok);
             let args = &self.inbuf[job.args.clone()];
             // A direct job's caller reads only the reply stream: what the task
@@ -266,7 +270,7 @@ impl Runner {
                 .filter(|&n| n as u64 <= self.max_frame)
                 .unwrap_or(0)
                 .max(64 * 1024);
-            self.inbuf.reserve(want);
+            crate::buffer::reserve(&mut self.inbuf, want);
             match rustix::io::read(&self.input, rustix::buffer::spare_capacity(&mut self.inbuf)) {
                 Ok(0) => return Ok(false),
                 Ok(_) => {
