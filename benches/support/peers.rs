@@ -94,6 +94,59 @@ impl Drop for Cat {
     }
 }
 
+/// The same ping-pong through `cat`, awaited on a current-thread tokio
+/// runtime as a service would: what waiting on tokio's reactor adds to a raw
+/// pipe round trip (the async lane's own floor).
+pub struct AsyncCat {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    rt: tokio::runtime::Runtime,
+}
+
+impl AsyncCat {
+    pub fn spawn() -> AsyncCat {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut child = {
+            let _in_runtime = rt.enter();
+            tokio::process::Command::new("cat")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn cat")
+        };
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        AsyncCat {
+            child,
+            stdin,
+            stdout,
+            rt,
+        }
+    }
+
+    /// Writes `msg` and awaits the same number of bytes back.
+    pub fn ping(&mut self, msg: &[u8], buf: &mut [u8]) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
+        self.rt.block_on(async {
+            stdin.write_all(msg).await.expect("write to cat");
+            stdout.read_exact(buf).await.expect("read from cat");
+        });
+    }
+}
+
+impl Drop for AsyncCat {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.rt.block_on(self.child.wait());
+    }
+}
+
 /// A current-thread tokio runtime whose blocking pool has `threads` threads.
 pub fn tokio_runtime(threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
