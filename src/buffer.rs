@@ -102,6 +102,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn growing_writes_every_byte() {
+        use std::io::Write;
+        let mut buf = Vec::new();
+        let mut w = Growing(&mut buf);
+        w.write_all(b"abc").unwrap();
+        w.write_all(&[7; HUGE]).unwrap();
+        assert_eq!(buf.len(), 3 + HUGE);
+        assert_eq!(&buf[..3], b"abc");
+        assert!(buf[3..].iter().all(|&b| b == 7));
+    }
+
+    /// The mapping holding `addr` and its kernel flags (`VmFlags` of
+    /// `/proc/self/smaps`).
+    #[cfg(target_os = "linux")]
+    fn mapping_of(addr: usize) -> (std::ops::Range<usize>, String) {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = None;
+        for line in smaps.lines() {
+            let range = line.split(' ').next().unwrap_or("");
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&addr).then_some(lo..hi);
+                    continue;
+                }
+            }
+            if let (Some(range), Some(flags)) = (&inside, line.strip_prefix("VmFlags:")) {
+                return (range.clone(), flags.to_string());
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_buffer_asks_for_huge_pages_and_stays_one_mapping() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        reserve(&mut buf, 8 << 20);
+        let start = buf.as_ptr() as usize;
+        let (range, flags) = mapping_of(start);
+        assert!(
+            flags.split_whitespace().any(|f| f == "hg"),
+            "flags: {flags}"
+        );
+        // Advised whole, not split in parts (which would stop `mremap`).
+        assert!(range.contains(&(start + buf.capacity() - 1)), "{range:x?}");
+    }
+
+    #[test]
     fn keeps_a_big_buffer_while_big_frames_come_then_releases_it() {
         let mut k = Keeper::default();
         let mut buf: Vec<u8> = Vec::with_capacity(64 << 20);

@@ -191,8 +191,8 @@ impl Ring {
         }
     }
 
-    /// A copy of entry `index` (between `pending`'s bounds): the frame its
-    /// length prefix announces, the rest of the slot zeroed.
+    /// A copy of entry `index` (between `pending`'s bounds): the 8-byte words
+    /// that hold the frame its length prefix announces, the rest zeroed.
     pub(crate) fn read(&self, index: u64) -> [u8; SLOT_BYTES] {
         const WORD: usize = std::mem::size_of::<u64>();
         let src = self.slot_ptr(index).cast::<u64>();
@@ -335,6 +335,20 @@ mod tests {
         assert!(worker.must_wake());
         assert!(!worker.must_wake(), "woken once");
         parent.disarm();
+    }
+
+    #[test]
+    fn a_read_copies_the_frame_and_not_an_older_entry_behind_it() {
+        let parent = Ring::create(1).unwrap();
+        let worker = worker_view(&parent);
+        worker.publish(&[0xAB; SLOT_BYTES]).unwrap();
+        parent.consumed(1);
+        let mut frame = 9u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(b"123456789");
+        worker.publish(&frame).unwrap();
+        let copy = parent.read(1);
+        assert_eq!(&copy[..frame.len()], &frame[..]);
+        assert!(copy[16..].iter().all(|&b| b == 0), "past the frame's words");
     }
 
     #[test]
