@@ -31,12 +31,17 @@ pub(crate) fn reserve(buf: &mut Vec<u8>, additional: usize) {
 pub(crate) struct Growing<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl std::io::Write for Growing<'_> {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.write_all(bytes).map(|()| bytes.len())
     }
 
+    // Encoders write a few bytes at a time: the common case is one compare.
+    #[inline]
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        reserve(self.0, bytes.len());
+        if self.0.capacity() - self.0.len() < bytes.len() {
+            reserve(self.0, bytes.len());
+        }
         self.0.extend_from_slice(bytes);
         Ok(())
     }

@@ -24,6 +24,14 @@
 //! - Everything a worker wrote is untrusted: the parent copies a slot out
 //!   before decoding it, checks the counters, and decodes the copy like any
 //!   frame from the pipe.
+//! - A task that writes to the parent's pipe itself (which the pipe-only
+//!   protocol blames exactly: its bytes stand before its result) must not
+//!   get its result past those bytes through the ring. So the worker counts
+//!   what it writes to the pipe, the parent what it reads, and after a job
+//!   that ran long enough to have made a system call, the worker compares
+//!   both with what the pipe holds (`FIONREAD`); bytes it did not write send
+//!   that job's result through the pipe, behind them. Bytes no entry
+//!   explains fail the first job not yet answered.
 //!
 //! The mapping is a sealed `memfd` on Linux (the worker cannot shrink it under
 //! the parent, which would make the parent's reads fault) and an unlinked
@@ -40,6 +48,10 @@ pub(crate) const SLOT_BYTES: usize = 128;
 /// The counters, each on a cache line of its own; slots start after them.
 const HEADER_BYTES: usize = 256;
 
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
+/// `pipe_read` while the parent may be reading the pipe.
+const READING: u64 = u64::MAX;
+
 /// The mapping's first bytes.
 #[repr(C)]
 struct Header {
@@ -53,6 +65,10 @@ struct Header {
     waiting: AtomicU32,
     /// Number of slots, set by the parent before the worker starts.
     slots: u32,
+    _pad3: [u8; 56],
+    /// Bytes the parent has read from the result pipe so far, or `READING`
+    /// (the parent's; see [`Ring::pipe_has_foreign_bytes`]).
+    pipe_read: AtomicU64,
 }
 
 /// One side's mapping of a worker's result ring.
@@ -169,6 +185,31 @@ impl Ring {
         Ok(())
     }
 
+    /// Whether the result pipe may hold bytes this worker did not write,
+    /// given the `written` bytes it did: a task wrote to the parent's pipe.
+    /// Compares the parent's count of bytes read with what the pipe holds;
+    /// when the parent may be reading at that moment, says `true` (the
+    /// pipe is then the safe way, and as cheap: a reading parent is a
+    /// sleeping one, which the worker would wake through the pipe anyway).
+    /// Only Linux tells what a pipe holds from its write end; elsewhere this
+    /// says `false`.
+    pub(crate) fn pipe_has_foreign_bytes(&self, pipe: BorrowedFd<'_>, written: u64) -> bool {
+        if !cfg!(target_os = "linux") {
+            return false;
+        }
+        let h = self.header();
+        let before = h.pipe_read.load(Ordering::SeqCst);
+        if before == READING {
+            return true;
+        }
+        let Ok(held) = rustix::io::ioctl_fionread(pipe) else {
+            return true;
+        };
+        // Unchanged: the parent read nothing between the two loads, so
+        // `held` is what it left unread of everything written.
+        h.pipe_read.load(Ordering::SeqCst) != before || before + held > written
+    }
+
     /// After publishing: `true` when the parent is asleep and must be woken
     /// through the pipe (it is then no longer marked as waiting).
     pub(crate) fn must_wake(&self) -> bool {
@@ -216,6 +257,17 @@ impl Ring {
             bytes[i * WORD..][..WORD].copy_from_slice(&word.to_ne_bytes());
         }
         bytes
+    }
+
+    /// The parent is about to read the result pipe (until `set_pipe_read`).
+    pub(crate) fn pipe_reading(&self) {
+        self.header().pipe_read.store(READING, Ordering::SeqCst);
+    }
+
+    /// The parent has read `bytes` from the result pipe in all, and is not
+    /// reading it now.
+    pub(crate) fn set_pipe_read(&self, bytes: u64) {
+        self.header().pipe_read.store(bytes, Ordering::SeqCst);
     }
 
     /// Entries up to `end` (exclusive) are consumed: their slots are free.
@@ -349,6 +401,33 @@ mod tests {
         let copy = parent.read(1);
         assert_eq!(&copy[..frame.len()], &frame[..]);
         assert!(copy[16..].iter().all(|&b| b == 0), "past the frame's words");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bytes_on_the_pipe_that_the_worker_did_not_write_are_seen() {
+        use std::io::{Read, Write};
+        let parent = Ring::create(1).unwrap();
+        let worker = worker_view(&parent);
+        let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+        let (mut rx, mut tx) = (
+            std::fs::File::from(read_end),
+            std::fs::File::from(write_end),
+        );
+        parent.set_pipe_read(0);
+        tx.write_all(b"mine!").unwrap();
+        assert!(!worker.pipe_has_foreign_bytes(tx.as_fd(), 5));
+        tx.write_all(b"xyz").unwrap(); // a task's
+        assert!(worker.pipe_has_foreign_bytes(tx.as_fd(), 5));
+        // Read by the parent, they still show in its count.
+        let mut buf = [0; 8];
+        rx.read_exact(&mut buf).unwrap();
+        parent.set_pipe_read(8);
+        assert!(worker.pipe_has_foreign_bytes(tx.as_fd(), 5));
+        assert!(!worker.pipe_has_foreign_bytes(tx.as_fd(), 8));
+        // While the parent reads, nothing is certain: say so.
+        parent.pipe_reading();
+        assert!(worker.pipe_has_foreign_bytes(tx.as_fd(), 8));
     }
 
     #[test]

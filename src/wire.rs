@@ -387,6 +387,33 @@ impl<'a> FromWorker<'a> {
     }
 }
 
+/// Hands each whole message from a worker at the start of `buf` to
+/// `handle`, in order, until one fails or only part of a frame is left.
+/// Returns the bytes used and the outcome.
+pub(crate) fn for_each_from_worker<'a>(
+    buf: &'a [u8],
+    max: u64,
+    mut handle: impl FnMut(FromWorker<'a>) -> Result<(), String>,
+) -> (usize, Result<(), String>) {
+    let mut pos = 0;
+    let outcome = loop {
+        let (body, used) = match split_frame(&buf[pos..], max) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break check_from_worker_tag(&buf[pos..]).map_err(|e| e.to_string()),
+            Err(e) => break Err(e.to_string()),
+        };
+        let body = &buf[pos + body.start..pos + body.end];
+        pos += used;
+        if let Err(e) = FromWorker::decode(body)
+            .map_err(|e| e.to_string())
+            .and_then(&mut handle)
+        {
+            break Err(e);
+        }
+    };
+    (pos, outcome)
+}
+
 /// Appends an `ON_PIPE` frame (a ring entry).
 pub(crate) fn encode_on_pipe(out: &mut Vec<u8>, seq: u64) {
     let start = begin_frame(out);

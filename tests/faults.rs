@@ -422,6 +422,33 @@ fn garbage_on_the_protocol_channel() {
     assert!(matches!(e, TaskError::Protocol { .. }), "{e:?}");
 }
 
+// Without the direct lane (a memory limit keeps the supervisor in charge),
+// local results come through the result ring while the task's garbage is on
+// the pipe: it must still fail that task, and only that one.
+#[cfg(not(any(target_os = "macos", target_os = "freebsd")))]
+fn garbage_from_a_pipelined_task_fails_that_task() {
+    let e = process_fault(
+        ProcessPool::builder().max_memory_per_worker(1 << 40),
+        |pool| {
+            let before: Vec<_> = (0..20).map(|i| pool.spawn(square, i)).collect();
+            let garbage = pool.spawn(writes_garbage, ());
+            let after: Vec<_> = (20..40).map(|i| pool.spawn(square, i)).collect();
+            for (i, task) in before.into_iter().chain(after).enumerate() {
+                let i = i as u64;
+                assert_eq!(block_on(task), Ok(i * i), "task {i}");
+            }
+            block_on(garbage).unwrap_err()
+        },
+    );
+    assert!(matches!(e, TaskError::Protocol { .. }), "{e:?}");
+    // And as a worker's first job through the ring.
+    let e = process_fault(
+        ProcessPool::builder().max_memory_per_worker(1 << 40),
+        |pool| pool.apply_blocking(writes_garbage, ()).unwrap_err(),
+    );
+    assert!(matches!(e, TaskError::Protocol { .. }), "{e:?}");
+}
+
 fn a_result_for_an_unknown_job_is_a_protocol_error() {
     let e = process_fault(ProcessPool::builder(), |pool| {
         pool.apply_blocking(sends_a_stale_result, ()).unwrap_err()
@@ -645,6 +672,13 @@ fn main() {
         (
             "garbage_on_the_protocol_channel",
             &garbage_on_the_protocol_channel,
+        ),
+        // Only Linux can tell the worker what its pipe holds (README,
+        // "The portable Unix backend").
+        #[cfg(not(any(target_os = "macos", target_os = "freebsd")))]
+        (
+            "garbage_from_a_pipelined_task_fails_that_task",
+            &garbage_from_a_pipelined_task_fails_that_task,
         ),
         (
             "a_result_for_an_unknown_job_is_a_protocol_error",

@@ -24,6 +24,7 @@ impl Worker {
         ctx: &PoolCtx,
         inflight: &mut VecDeque<InFlight>,
     ) -> Result<(), String> {
+        self.pipe_reading();
         loop {
             self.inbuf.reserve(64 * 1024);
             match self.rx.try_read_buf(&mut self.inbuf) {
@@ -35,18 +36,44 @@ impl Worker {
         self.take_results(ctx, inflight)
     }
 
+    /// Marks the result pipe as being read (see
+    /// [`Ring::pipe_has_foreign_bytes`]), until [`pipe_read_done`](Self::pipe_read_done).
+    pub(crate) fn pipe_reading(&self) {
+        if let Some(ring) = &self.ring {
+            ring.pipe_reading();
+        }
+    }
+
+    /// Publishes how much of the result pipe has been read.
+    pub(crate) fn pipe_read_done(&self) {
+        if let Some(ring) = &self.ring {
+            ring.set_pipe_read(self.pipe_taken + self.inbuf.len() as u64);
+        }
+    }
+
     /// Handles every result that is complete: in `inbuf`, and in the ring.
     pub(crate) fn take_results(
         &mut self,
         ctx: &PoolCtx,
         inflight: &mut VecDeque<InFlight>,
     ) -> Result<(), String> {
+        // The ring's bounds first, then the pipe: every byte the worker wrote
+        // to the pipe before publishing those entries is then in `inbuf`
+        // (its write returned before its store of `head`), including any a
+        // task scribbled there, which must fail that task, not a later one.
+        let bounds = self.ring.as_ref().map(|ring| ring.pending());
+        if let Some(ring) = &self.ring {
+            ring.pipe_reading();
+            read_available(&self.rx, &mut self.inbuf);
+        }
+        self.pipe_read_done();
         let held = self.inbuf.len();
-        let (pos, outcome) = match &self.ring {
-            Some(ring) => self.take_ringed(ring, ctx, inflight),
-            None => self.take_piped(ctx, inflight),
+        let (pos, outcome) = match (&self.ring, bounds) {
+            (Some(ring), Some(bounds)) => self.take_ringed(ring, bounds, ctx, inflight),
+            _ => self.take_piped(ctx, inflight),
         };
         self.inbuf.drain(..pos);
+        self.pipe_taken += pos as u64;
         // A frame still arriving counts as a large use: its buffer is kept.
         self.keeper.after_use(&mut self.inbuf, held);
         outcome
@@ -58,73 +85,44 @@ impl Worker {
         ctx: &PoolCtx,
         inflight: &mut VecDeque<InFlight>,
     ) -> (usize, Result<(), String>) {
-        let max = ctx.config.max_frame;
-        let mut pos = 0;
-        let outcome = loop {
-            let (body, used) = match wire::split_frame(&self.inbuf[pos..], max) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => match wire::check_from_worker_tag(&self.inbuf[pos..]) {
-                    Ok(()) => break Ok(()),
-                    Err(e) => break Err(e.to_string()),
-                },
-                Err(e) => break Err(e.to_string()),
-            };
-            let body = &self.inbuf[pos + body.start..pos + body.end];
-            pos += used;
-            let message = match FromWorker::decode(body) {
-                Ok(m) => m,
-                Err(e) => break Err(e.to_string()),
-            };
-            if let Err(e) = self.settle(ctx, inflight, message) {
-                break Err(e);
-            }
-        };
-        (pos, outcome)
+        wire::for_each_from_worker(&self.inbuf, ctx.config.max_frame, |message| {
+            self.settle(ctx, inflight, message)
+        })
     }
 
-    /// Handles the ring's entries in order, each with its frame from the
-    /// pipe when it names one; returns the pipe bytes used. Stops at an entry
-    /// whose frame has not fully arrived yet.
+    /// Handles the ring's entries in order: an inline result at once, an
+    /// `ON_PIPE` entry with the frame the pipe holds for it; returns the pipe
+    /// bytes used. Stops at an `ON_PIPE` entry whose frame has not fully
+    /// arrived. Bytes on the pipe that no worker writes fail the job they
+    /// stand before: the `ON_PIPE` job whose frame they precede (a worker
+    /// that finds its task wrote to the pipe sends that task's result there,
+    /// see [`Ring::pipe_has_foreign_bytes`]), else the first job not yet
+    /// answered.
     fn take_ringed(
         &self,
         ring: &Ring,
+        bounds: Result<(u64, u64), &'static str>,
         ctx: &PoolCtx,
         inflight: &mut VecDeque<InFlight>,
     ) -> (usize, Result<(), String>) {
         let max = ctx.config.max_frame;
         let mut pos = 0;
-        let (first, end) = match ring.pending() {
+        let (first, end) = match bounds {
             Ok(bounds) => bounds,
             Err(e) => return (0, Err(e.into())),
         };
         let mut index = first;
         let outcome = loop {
-            let piped = match next_piped(&self.inbuf, &mut pos, max) {
-                Ok(piped) => piped,
-                Err(e) => break Err(e),
-            };
             if index == end {
-                break Ok(()); // (a frame on the pipe waits for its entry)
+                // Doorbells go; a frame whose entry is still to come stays.
+                break next_piped(&self.inbuf, &mut pos, max).map(|_| ());
             }
             let slot = ring.read(index);
-            let entry = match wire::split_frame(&slot, (SLOT_BYTES - wire::LEN_PREFIX) as u64) {
-                Ok(Some((body, _))) => FromWorker::decode(&slot[body]),
-                _ => break Err("a result ring entry is not a frame".into()),
-            };
-            let settled = match (entry, piped) {
-                (Ok(message @ FromWorker::Result { seq, .. }), piped) => {
-                    match piped.map(|(body, _)| piped_seq(&self.inbuf[body])) {
-                        Some(Ok(stale)) if stale <= seq => {
-                            Err(format!("result for job {stale}, which it was not running"))
-                        }
-                        Some(Err(e)) => Err(e),
-                        _ => self.settle(ctx, inflight, message),
-                    }
-                }
-                (Ok(FromWorker::OnPipe { .. }), None) => break Ok(()), // still coming
-                (Ok(FromWorker::OnPipe { seq }), Some((body, used))) => {
-                    let frame = &self.inbuf[body];
-                    match FromWorker::decode(frame) {
+            let settled = match decode_entry(&slot) {
+                Ok(message @ FromWorker::Result { .. }) => self.settle(ctx, inflight, message),
+                Ok(FromWorker::OnPipe { seq }) => match next_piped(&self.inbuf, &mut pos, max) {
+                    Ok(None) => break Ok(()), // still coming
+                    Ok(Some((body, used))) => match FromWorker::decode(&self.inbuf[body]) {
                         Ok(message @ FromWorker::Result { seq: got, .. }) if got == seq => {
                             pos += used;
                             self.settle(ctx, inflight, message)
@@ -132,10 +130,15 @@ impl Worker {
                         _ => Err(format!(
                             "the result ring names job {seq}, the pipe another message"
                         )),
-                    }
+                    },
+                    Err(e) => Err(e),
                 }
-                (Ok(_), _) => Err("unexpected message in the result ring".into()),
-                (Err(e), _) => Err(e.to_string()),
+                .inspect_err(|_| {
+                    // Blame `seq`: jobs before it can only have been skipped.
+                    let _ = pop_skipped(ctx, inflight, |s| s < seq);
+                }),
+                Ok(_) => Err("unexpected message in the result ring".into()),
+                Err(e) => Err(e),
             };
             if let Err(e) = settled {
                 break Err(e);
@@ -200,6 +203,22 @@ impl Worker {
     }
 }
 
+/// Appends what the pipe holds right now to `buf`, without waiting. A read
+/// of its own, not tokio's `try_read`, which trusts a readiness flag that may
+/// not have caught up with bytes written a moment ago. (End of file and
+/// errors are left for the event loop's next read.)
+fn read_available(rx: &tokio::net::unix::pipe::Receiver, buf: &mut Vec<u8>) {
+    loop {
+        buf.reserve(64 * 1024);
+        let room = buf.capacity() - buf.len();
+        match rustix::io::read(rx, rustix::buffer::spare_capacity(buf)) {
+            Ok(n) if n == room => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
+}
+
 /// Skips the doorbells at `*pos` of the pipe's bytes `buf`, and finds the
 /// whole frame after them: its body's range in `buf` and its length.
 fn next_piped(
@@ -227,12 +246,11 @@ fn next_piped(
     }
 }
 
-/// The job a `RESULT` frame from the pipe answers.
-fn piped_seq(body: &[u8]) -> Result<u64, String> {
-    match FromWorker::decode(body) {
-        Ok(FromWorker::Result { seq, .. }) => Ok(seq),
-        Ok(_) => Err("unexpected message on the pipe".into()),
-        Err(e) => Err(e.to_string()),
+/// The message in a ring slot.
+fn decode_entry(slot: &[u8; SLOT_BYTES]) -> Result<FromWorker<'_>, String> {
+    match wire::split_frame(slot, (SLOT_BYTES - wire::LEN_PREFIX) as u64) {
+        Ok(Some((body, _))) => FromWorker::decode(&slot[body]).map_err(|e| e.to_string()),
+        _ => Err("a result ring entry is not a frame".into()),
     }
 }
 

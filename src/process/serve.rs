@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::async_lane;
 use super::ctx::{PoolCtx, STALLED_FRAME};
@@ -289,7 +289,12 @@ impl<'a> Service<'a> {
             biased;
             _ = ctx.stop.recv() => Some(Stop::Terminated),
             _ = ctx.cancels[self.idx].notified() => self.on_cancel(worker),
-            read = worker.rx.read_buf(&mut worker.inbuf) => self.on_read(worker, read),
+            // Readiness, then a read of its own: the read is marked in the
+            // ring for the worker (see `Ring::pipe_has_foreign_bytes`).
+            ready = worker.rx.readable() => match ready {
+                Ok(()) => self.on_readable(worker),
+                Err(_) => Some(Stop::Died),
+            },
             written = worker.tx.write(self.out.front()), if writing => match written {
                 Ok(n) => {
                     self.out.advance(n);
@@ -341,11 +346,14 @@ impl<'a> Service<'a> {
         None
     }
 
-    /// The result pipe gave `read` bytes: settle the complete results.
-    fn on_read(&mut self, worker: &mut Worker, read: io::Result<usize>) -> Option<Stop> {
-        match read {
-            Ok(0) | Err(_) => Some(Stop::Died),
+    /// The result pipe is readable: read it, settle the complete results.
+    fn on_readable(&mut self, worker: &mut Worker) -> Option<Stop> {
+        match worker.try_read() {
+            Ok(0) => Some(Stop::Died),
             Ok(_) => self.after_results(worker),
+            // (Readiness was stale: tokio now knows.)
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(_) => Some(Stop::Died),
         }
     }
 

@@ -52,6 +52,8 @@ pub(crate) struct Worker {
     /// has a ring (see [`crate::ring`]); else they come through `rx`.
     pub(crate) ring: Option<Ring>,
     pub(crate) inbuf: Vec<u8>,
+    /// Bytes of the result pipe taken out of `inbuf` so far.
+    pub(crate) pipe_taken: u64,
     /// Releases `inbuf`'s memory once large results stop coming.
     pub(crate) keeper: crate::buffer::Keeper,
     /// Sequence number of the next job sent.
@@ -118,6 +120,7 @@ impl Worker {
             replies,
             ring,
             inbuf: Vec::with_capacity(64 * 1024),
+            pipe_taken: 0,
             keeper: Default::default(),
             next_seq: 1,
         };
@@ -217,6 +220,9 @@ impl Worker {
             if let Some(frame) = wire::take_frame(&mut self.inbuf, max)
                 .map_err(|e| io::Error::other(e.to_string()))?
             {
+                self.pipe_taken += (wire::LEN_PREFIX + frame.len()) as u64;
+                // (No job runs yet: the count is ready for the first.)
+                self.pipe_read_done();
                 return Ok(Some(frame));
             }
             self.inbuf.reserve(4096);
@@ -233,8 +239,11 @@ impl Worker {
 
     /// Reads what the result pipe holds, without waiting.
     pub(crate) fn try_read(&mut self) -> io::Result<usize> {
-        self.inbuf.reserve(64 * 1024);
-        self.rx.try_read_buf(&mut self.inbuf)
+        crate::buffer::reserve(&mut self.inbuf, 64 * 1024);
+        self.pipe_reading();
+        let read = self.rx.try_read_buf(&mut self.inbuf);
+        self.pipe_read_done();
+        read
     }
 }
 

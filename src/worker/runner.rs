@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use rustix::event::{poll, PollFd, PollFlags};
@@ -74,7 +74,10 @@ pub(super) fn serve(spec: Spec) -> i32 {
 
     let mut runner = Runner {
         input,
-        output,
+        output: Output {
+            file: output,
+            written: 0,
+        },
         reply,
         ring,
         inbuf: Vec::with_capacity(64 * 1024),
@@ -86,6 +89,7 @@ pub(super) fn serve(spec: Spec) -> i32 {
         in_keeper: Default::default(),
         out_keeper: Default::default(),
         last_drain: std::time::Instant::now(),
+        syscall_nanos: quickest_system_call_nanos(),
     };
 
     if !super::greet(&mut runner.out, spec.identity) {
@@ -108,8 +112,13 @@ pub(super) fn serve(spec: Spec) -> i32 {
 /// Publishes the result frame `out` of job `seq` in the ring: in a slot when
 /// it fits, else on the pipe, announced by a slot naming the job. Rings the
 /// doorbell if the parent is about to sleep.
-fn publish(ring: &Ring, pipe: &mut File, out: &[u8], seq: u64) -> io::Result<()> {
-    if out.len() <= SLOT_BYTES {
+fn publish(ring: &Ring, pipe: &mut Output, out: &[u8], seq: u64, ran: Ran) -> io::Result<()> {
+    // A task that wrote to the parent's pipe itself: its result follows
+    // those bytes on the pipe, where the parent's reader finds them first and
+    // fails this job, as without a ring. A task too quick for any system call
+    // cannot have written, and is spared the check (a system call itself).
+    let foreign = ran.could_write && ring.pipe_has_foreign_bytes(pipe.file.as_fd(), pipe.written);
+    if out.len() <= SLOT_BYTES && !foreign {
         ring.publish(out)?;
     } else {
         // Whole on the pipe before the entry appears: the parent that sees
@@ -123,6 +132,46 @@ fn publish(ring: &Ring, pipe: &mut File, out: &[u8], seq: u64) -> io::Result<()>
         pipe.write_all(&wire::DOORBELL)?;
     }
     Ok(())
+}
+
+/// What publishing needs to know of how a job ran.
+#[derive(Clone, Copy)]
+struct Ran {
+    /// It took long enough to have made a system call.
+    could_write: bool,
+}
+
+/// Half the quickest of a few trivial system calls: a task that ran for less
+/// made none (the margin covers clock changes and the clock's own cost).
+fn quickest_system_call_nanos() -> u64 {
+    let quickest = (0..32)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::hint::black_box(rustix::process::getppid());
+            start.elapsed().as_nanos() as u64
+        })
+        .min()
+        .unwrap_or(0);
+    quickest / 2
+}
+
+/// The result pipe, counting what this worker writes to it (for
+/// [`Ring::pipe_has_foreign_bytes`]).
+struct Output {
+    file: File,
+    written: u64,
+}
+
+impl Write for Output {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Ends this process as soon as the parent's end of the lifeline closes, which
@@ -149,7 +198,7 @@ struct JobRef {
 
 struct Runner {
     input: OwnedFd,
-    output: File,
+    output: Output,
     /// Where direct jobs' results go, if the launcher gave this worker one.
     reply: Option<File>,
     /// Where the queue's jobs' results go, if the launcher gave this worker
@@ -169,6 +218,8 @@ struct Runner {
     out_keeper: crate::buffer::Keeper,
     /// When the input was last drained between two jobs.
     last_drain: std::time::Instant,
+    /// A job that ran for less made no system call (see [`publish`]).
+    syscall_nanos: u64,
 }
 
 /// How often a busy worker looks for new frames between jobs.
@@ -228,7 +279,7 @@ impl Runner {
             // needs no drain: its caller holds the worker alone, so nothing
             // else can have arrived.
             let open = if direct {
-                super::OUTPUT_FD.store(self.output.as_raw_fd(), Ordering::Relaxed);
+                super::OUTPUT_FD.store(self.output.file.as_raw_fd(), Ordering::Relaxed);
                 true
             } else if self.jobs.is_empty()
                 || ended.duration_since(self.last_drain) >= DRAIN_INTERVAL
@@ -243,7 +294,10 @@ impl Runner {
             match (&mut self.reply, &self.ring, job.route) {
                 (Some(reply), _, Route::Reply) => reply.write_all(&self.out)?,
                 (_, Some(ring), Route::Ring) => {
-                    publish(ring, &mut self.output, &self.out, job.seq)?
+                    let ran = Ran {
+                        could_write: nanos >= self.syscall_nanos,
+                    };
+                    publish(ring, &mut self.output, &self.out, job.seq, ran)?
                 }
                 _ => self.output.write_all(&self.out)?,
             }
@@ -354,7 +408,10 @@ mod tests {
         let null = || OwnedFd::from(File::open("/dev/null").unwrap());
         Runner {
             input: null(),
-            output: File::open("/dev/null").unwrap(),
+            output: Output {
+                file: File::open("/dev/null").unwrap(),
+                written: 0,
+            },
             reply: None,
             ring: None,
             inbuf: Vec::new(),
@@ -366,6 +423,7 @@ mod tests {
             in_keeper: Default::default(),
             out_keeper: Default::default(),
             last_drain: std::time::Instant::now(),
+            syscall_nanos: 0,
         }
     }
 

@@ -180,26 +180,10 @@ impl Worker {
         ctx: &PoolCtx,
         inflight: &mut VecDeque<InFlight>,
     ) -> Result<(), String> {
-        let max = ctx.config.max_frame;
-        let mut pos = 0;
-        let outcome = loop {
-            let (body, used) = match wire::split_frame(&self.inbuf[pos..], max) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => match wire::check_from_worker_tag(&self.inbuf[pos..]) {
-                    Ok(()) => break Ok(()),
-                    Err(e) => break Err(e.to_string()),
-                },
-                Err(e) => break Err(e.to_string()),
-            };
-            let body = &self.inbuf[pos + body.start..pos + body.end];
-            pos += used;
-            let settled = FromWorker::decode(body)
-                .map_err(|e| e.to_string())
-                .and_then(|message| self.settle(ctx, inflight, message));
-            if let Err(e) = settled {
-                break Err(e);
-            }
-        };
+        let (pos, outcome) =
+            wire::for_each_from_worker(&self.inbuf, ctx.config.max_frame, |message| {
+                self.settle(ctx, inflight, message)
+            });
         self.inbuf.drain(..pos);
         self.keeper.after_use(&mut self.inbuf, pos);
         outcome
