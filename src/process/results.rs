@@ -17,25 +17,6 @@ use crate::stats::Counters;
 use crate::wire::{self, FromWorker};
 
 impl Worker {
-    /// Reads whatever the worker has already written, without waiting, and
-    /// handles the complete frames.
-    pub(crate) fn take_available(
-        &mut self,
-        ctx: &PoolCtx,
-        inflight: &mut VecDeque<InFlight>,
-    ) -> Result<(), String> {
-        self.pipe_reading();
-        loop {
-            self.inbuf.reserve(64 * 1024);
-            match self.rx.try_read_buf(&mut self.inbuf) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(_) => break, // would block, or an error the next read sees
-            }
-        }
-        self.take_results(ctx, inflight)
-    }
-
     /// Marks the result pipe as being read (see
     /// [`Ring::pipe_has_foreign_bytes`]), until [`pipe_read_done`](Self::pipe_read_done).
     pub(crate) fn pipe_reading(&self) {
@@ -51,7 +32,8 @@ impl Worker {
         }
     }
 
-    /// Handles every result that is complete: in `inbuf`, and in the ring.
+    /// Reads what the worker has already written, without waiting, and
+    /// handles every result that is complete: in `inbuf`, and in the ring.
     pub(crate) fn take_results(
         &mut self,
         ctx: &PoolCtx,
@@ -62,10 +44,8 @@ impl Worker {
         // (its write returned before its store of `head`), including any a
         // task scribbled there, which must fail that task, not a later one.
         let bounds = self.ring.as_ref().map(|ring| ring.pending());
-        if let Some(ring) = &self.ring {
-            ring.pipe_reading();
-            read_available(&self.rx, &mut self.inbuf);
-        }
+        self.pipe_reading();
+        read_available(&self.rx, &mut self.inbuf);
         self.pipe_read_done();
         let held = self.inbuf.len();
         let (pos, outcome) = match (&self.ring, bounds) {
@@ -203,12 +183,18 @@ impl Worker {
     }
 }
 
-/// Appends what the pipe holds right now to `buf`, without waiting. A read
-/// of its own, not tokio's `try_read`, which trusts a readiness flag that may
-/// not have caught up with bytes written a moment ago. (End of file and
-/// errors are left for the event loop's next read.)
+/// Most bytes [`read_available`] takes in one call: a worker (or a task)
+/// writing without end cannot keep the supervisor reading.
+const READ_AVAILABLE_MAX: usize = 4 << 20;
+
+/// Appends what the pipe holds right now to `buf` (up to
+/// [`READ_AVAILABLE_MAX`]), without waiting. A read of its own, not tokio's
+/// `try_read`, which trusts a readiness flag that may not have caught up
+/// with bytes written a moment ago. (End of file and errors are left for the
+/// event loop's next read.)
 fn read_available(rx: &tokio::net::unix::pipe::Receiver, buf: &mut Vec<u8>) {
-    loop {
+    let start = buf.len();
+    while buf.len() - start < READ_AVAILABLE_MAX {
         buf.reserve(64 * 1024);
         let room = buf.capacity() - buf.len();
         match rustix::io::read(rx, rustix::buffer::spare_capacity(buf)) {

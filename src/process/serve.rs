@@ -330,7 +330,7 @@ impl<'a> Service<'a> {
             // The worker may have just finished that job and moved
             // on: take any result already here before killing, so
             // the kill lands on the cancelled job.
-            if let Err(e) = worker.take_available(self.ctx, &mut self.inflight) {
+            if let Err(e) = worker.take_results(self.ctx, &mut self.inflight) {
                 return Some(Stop::Protocol(e));
             }
             if front_cancelled(&self.inflight) {

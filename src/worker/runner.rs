@@ -111,13 +111,20 @@ pub(super) fn serve(spec: Spec) -> i32 {
 
 /// Publishes the result frame `out` of job `seq` in the ring: in a slot when
 /// it fits, else on the pipe, announced by a slot naming the job. Rings the
-/// doorbell if the parent is about to sleep.
-fn publish(ring: &Ring, pipe: &mut Output, out: &[u8], seq: u64, ran: Ran) -> io::Result<()> {
+/// doorbell if the parent is about to sleep. `could_write`: the job ran long
+/// enough to have made a system call.
+fn publish(
+    ring: &Ring,
+    pipe: &mut Output,
+    out: &[u8],
+    seq: u64,
+    could_write: bool,
+) -> io::Result<()> {
     // A task that wrote to the parent's pipe itself: its result follows
     // those bytes on the pipe, where the parent's reader finds them first and
     // fails this job, as without a ring. A task too quick for any system call
     // cannot have written, and is spared the check (a system call itself).
-    let foreign = ran.could_write && ring.pipe_has_foreign_bytes(pipe.file.as_fd(), pipe.written);
+    let foreign = could_write && ring.pipe_has_foreign_bytes(pipe.file.as_fd(), pipe.written);
     if out.len() <= SLOT_BYTES && !foreign {
         ring.publish(out)?;
     } else {
@@ -132,13 +139,6 @@ fn publish(ring: &Ring, pipe: &mut Output, out: &[u8], seq: u64, ran: Ran) -> io
         pipe.write_all(&wire::DOORBELL)?;
     }
     Ok(())
-}
-
-/// What publishing needs to know of how a job ran.
-#[derive(Clone, Copy)]
-struct Ran {
-    /// It took long enough to have made a system call.
-    could_write: bool,
 }
 
 /// Half the quickest of a few trivial system calls: a task that ran for less
@@ -218,7 +218,7 @@ struct Runner {
     out_keeper: crate::buffer::Keeper,
     /// When the input was last drained between two jobs.
     last_drain: std::time::Instant,
-    /// A job that ran for less made no system call (see [`publish`]).
+    /// A job that ran for less made no system call (see `publish`).
     syscall_nanos: u64,
 }
 
@@ -294,10 +294,8 @@ impl Runner {
             match (&mut self.reply, &self.ring, job.route) {
                 (Some(reply), _, Route::Reply) => reply.write_all(&self.out)?,
                 (_, Some(ring), Route::Ring) => {
-                    let ran = Ran {
-                        could_write: nanos >= self.syscall_nanos,
-                    };
-                    publish(ring, &mut self.output, &self.out, job.seq, ran)?
+                    let could_write = nanos >= self.syscall_nanos;
+                    publish(ring, &mut self.output, &self.out, job.seq, could_write)?
                 }
                 _ => self.output.write_all(&self.out)?,
             }
