@@ -585,6 +585,41 @@ fn blocking_calls_inside_a_current_thread_runtime_do_not_deadlock() {
     check!("ThreadPool", ThreadPool::new(2).unwrap());
 }
 
+/// A task spawned on a current-thread runtime and then waited for with
+/// `futures::executor::block_on` on that runtime's thread: the runtime's
+/// reactor cannot run meanwhile, so the task must not wait for it. Each step
+/// used to hang whenever the call found an idle worker and nothing else was
+/// queued to make the supervisor step in (always for the first two, at the
+/// end of a map for the last).
+fn waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock() {
+    within_a_minute("block_on inside a runtime", || {
+        let pool = ProcessPool::new(2).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..20u64 {
+                // Spawned from the runtime (the worker is idle), awaited
+                // from a blocking executor.
+                let task = pool.spawn(square, i);
+                assert_eq!(futures::executor::block_on(task), Ok(i * i));
+                // Spawned and awaited inside the blocking executor.
+                let generic = futures::executor::block_on(async { pool.spawn(square, i).await });
+                assert_eq!(generic, Ok(i * i));
+                assert_eq!(procpool::Pool::apply_blocking(&pool, square, i), Ok(i * i));
+                let squares: Vec<u64> = pool
+                    .map_blocking(square, 0..50u64)
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(squares.len(), 50);
+            }
+            // The runtime's own await still works after all that.
+            assert_eq!(pool.apply(square, 7).await, Ok(49));
+        });
+    });
+}
+
 // ---------------------------------------------------------------- 5. misbehaving tasks
 
 fn exit_zero_inside_a_task_is_a_worker_death_not_a_success() {
@@ -795,6 +830,10 @@ fn run_tests() {
         (
             "blocking_calls_inside_a_current_thread_runtime_do_not_deadlock",
             &blocking_calls_inside_a_current_thread_runtime_do_not_deadlock,
+        ),
+        (
+            "waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock",
+            &waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock,
         ),
         (
             "exit_zero_inside_a_task_is_a_worker_death_not_a_success",

@@ -12,9 +12,12 @@
 //!
 //! The wait needs the caller's runtime to keep running its reactor. Where it
 //! cannot be relied on (the task is detached, or polled away from the
-//! current-thread runtime it was spawned on, or that runtime shut down), the
-//! rest of the call moves to a helper thread that finishes it with blocking
-//! reads. A runtime built without its I/O driver never takes this lane.
+//! current-thread runtime it was spawned on, or inside a blocking
+//! `futures::executor::block_on` that keeps the runtime's thread from its
+//! reactor, or that runtime shut down), the rest of the call moves to a
+//! helper thread that finishes it with blocking reads. A runtime built
+//! without its I/O driver, or a spawn from inside `block_on`, never takes
+//! this lane.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -51,6 +54,9 @@ thread_local! {
 /// untouched.
 pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn Driver>>, Job> {
     if ctx.lanes.is_empty() || !ctx.queue.is_empty() || !job.frame.is_small() {
+        return Err(job);
+    }
+    if inside_blocking_executor() {
         return Err(job);
     }
     let Ok(origin) = Handle::try_current() else {
@@ -332,6 +338,9 @@ impl Call {
     /// this task waits: a multi-thread runtime's always does, a
     /// current-thread runtime's only while the task is polled inside it.
     fn carried_here(&self) -> bool {
+        if inside_blocking_executor() {
+            return false;
+        }
         match self.origin.runtime_flavor() {
             RuntimeFlavor::CurrentThread => {
                 Handle::try_current().is_ok_and(|h| h.id() == self.origin.id())
@@ -339,6 +348,14 @@ impl Call {
             _ => true,
         }
     }
+}
+
+/// Whether this thread is blocked in a `futures` executor (`block_on`, which
+/// `apply_blocking` and `map_blocking` use too): it may sit inside a tokio
+/// runtime, which then cannot run its reactor until that call returns, so
+/// the reactor must not be what the call waits for.
+fn inside_blocking_executor() -> bool {
+    futures::executor::enter().is_err()
 }
 
 impl Inner {
