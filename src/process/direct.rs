@@ -200,14 +200,17 @@ fn exchange(
 ) -> Result<Range<usize>, Failure> {
     write_all(fds.job, frame).map_err(|_| Failure::Died)?;
     buf.clear();
+    // Waiting first: a reply is never there yet right after the write (the
+    // worker has to wake up first), and a read that finds nothing costs a
+    // system call.
     loop {
-        if let Some(body) = read_reply(fds.reply, buf, max)? {
-            return Ok(body);
-        }
         // The task may run for long; part of a frame may not.
         let limit = (!buf.is_empty()).then_some(STALLED_FRAME);
         if !wait_for_reply(fds, limit)? {
             return Err(stalled(buf.len()));
+        }
+        if let Some(body) = read_reply(fds.reply, buf, max)? {
+            return Ok(body);
         }
     }
 }

@@ -227,7 +227,10 @@ const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_micros(20)
 
 impl Runner {
     fn run(&mut self) -> io::Result<()> {
-        rustix::fs::fcntl_setfl(&self.input, rustix::fs::OFlags::NONBLOCK)?;
+        // Whoever made the pipe, `fill` wants it blocking (a remote worker's
+        // standard input may come non-blocking from its launcher).
+        let flags = rustix::fs::fcntl_getfl(&self.input)?;
+        rustix::fs::fcntl_setfl(&self.input, flags - rustix::fs::OFlags::NONBLOCK)?;
         loop {
             // Also while busy: a long backlog must not keep every argument
             // ever received.
@@ -310,40 +313,43 @@ impl Runner {
     /// Reads what is available (waiting for something first when `block`).
     /// Returns `false` at end of file.
     ///
-    /// When blocking, it waits in `poll` first (an idle worker has nothing to
-    /// read yet) and returns after the first successful read: the job can
-    /// start at once, and the drain after it catches anything that followed.
+    /// The job pipe blocks: an idle worker sleeps in `read` itself, one system
+    /// call per job as in a bare pipe ping-pong, and returns after the first
+    /// read that completes a job (the drain after it catches anything that
+    /// followed). A drain without blocking asks `poll` first and reads only
+    /// what it says is there.
     fn fill(&mut self, block: bool) -> io::Result<bool> {
-        if block {
-            self.wait_readable()?;
-        }
         loop {
+            if !block && !self.readable_now()? {
+                return Ok(true);
+            }
             let want = wire::missing_bytes(&self.inbuf[self.parsed..])
                 .filter(|&n| n as u64 <= self.max_frame)
                 .unwrap_or(0)
                 .max(64 * 1024);
             crate::buffer::reserve(&mut self.inbuf, want);
+            let room = self.inbuf.capacity() - self.inbuf.len();
             match rustix::io::read(&self.input, rustix::buffer::spare_capacity(&mut self.inbuf)) {
                 Ok(0) => return Ok(false),
-                Ok(_) => {
+                Ok(n) => {
                     self.parse().map_err(|e| io::Error::other(e.to_string()))?;
-                    if block && !self.jobs.is_empty() {
+                    // Less than there was room for: the pipe is empty now.
+                    if (block && !self.jobs.is_empty()) || (!block && n < room) {
                         return Ok(true);
                     }
                 }
-                Err(rustix::io::Errno::AGAIN) if block => self.wait_readable()?,
-                Err(rustix::io::Errno::AGAIN) => return Ok(true),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Waits until the job pipe has bytes (or its writer closed).
-    fn wait_readable(&self) -> io::Result<()> {
+    /// Whether the job pipe has bytes (or its writer closed) right now.
+    fn readable_now(&self) -> io::Result<bool> {
         let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
-        match poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
