@@ -73,6 +73,23 @@ fn close_every_descriptor(_: ()) -> u32 {
     std::process::id()
 }
 
+#[cfg(unix)]
+fn make_every_descriptor_non_blocking(_: ()) -> u32 {
+    // (Not the standard streams: they may share their open file with the
+    // test harness.)
+    for fd in 3..1024 {
+        // SAFETY: deliberately misbehaving task: it changes the flags of
+        // descriptors it does not own (invalid ones just fail).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+    }
+    std::process::id()
+}
+
 fn print_ten_megabytes(_: ()) -> u64 {
     let line = [b'x'; 1023];
     let mut out = std::io::stdout().lock();
@@ -697,6 +714,34 @@ fn a_task_that_closes_every_descriptor_fails_only_itself() {
     assert_eq!(pool.apply_blocking(square, 6), Ok(36));
 }
 
+/// The worker sleeps in a blocking read of its job pipe between jobs; a
+/// task that makes it non-blocking must not make the worker fail.
+#[cfg(unix)]
+fn a_task_that_makes_every_descriptor_non_blocking_fails_nothing() {
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.worker_pids()[0];
+    let ran_in = within_a_minute("non-blocking descriptors", {
+        let pool = pool.clone();
+        move || pool.apply_blocking(make_every_descriptor_non_blocking, ())
+    });
+    assert_eq!(ran_in, Ok(worker));
+    // Idle between calls (the direct lane) and through the queue.
+    for i in 0..20u64 {
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(pool.apply_blocking(square, i), Ok(i * i));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let squares: Vec<u64> = rt.block_on(async {
+        let tasks: Vec<_> = (0..200u64).map(|i| pool.spawn(square, i)).collect();
+        futures::future::try_join_all(tasks).await.unwrap()
+    });
+    assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(pool.worker_pids(), vec![worker], "the worker served on");
+}
+
 fn ten_megabytes_printed_by_a_task_neither_deadlock_nor_corrupt() {
     let mut child = role(&this_exe(), "print")
         .stderr(Stdio::piped())
@@ -850,6 +895,10 @@ fn run_tests() {
         (
             "a_task_that_closes_every_descriptor_fails_only_itself",
             &a_task_that_closes_every_descriptor_fails_only_itself,
+        ),
+        (
+            "a_task_that_makes_every_descriptor_non_blocking_fails_nothing",
+            &a_task_that_makes_every_descriptor_non_blocking_fails_nothing,
         ),
         (
             "ten_megabytes_printed_by_a_task_neither_deadlock_nor_corrupt",

@@ -338,9 +338,22 @@ impl Runner {
                         return Ok(true);
                     }
                 }
+                // Made non-blocking behind our back (by a task, say): wait
+                // in `poll` instead.
+                Err(rustix::io::Errno::AGAIN) if block => self.wait_readable()?,
+                Err(rustix::io::Errno::AGAIN) => return Ok(true),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Waits until the job pipe has bytes (or its writer closed).
+    fn wait_readable(&self) -> io::Result<()> {
+        let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
