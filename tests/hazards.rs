@@ -73,6 +73,14 @@ fn close_every_descriptor(_: ()) -> u32 {
     std::process::id()
 }
 
+fn bytes_of(n: usize) -> Vec<u8> {
+    vec![7; n]
+}
+
+fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
+
 #[cfg(unix)]
 fn make_every_descriptor_non_blocking(_: ()) -> u32 {
     // (Not the standard streams: they may share their open file with the
@@ -739,6 +747,22 @@ fn a_task_that_makes_every_descriptor_non_blocking_fails_nothing() {
         futures::future::try_join_all(tasks).await.unwrap()
     });
     assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+    // Results larger than a pipe holds, on both result pipes.
+    let big = vec![7u8; 4 << 20];
+    // (A small argument goes the direct lane: its result, the reply pipe.)
+    assert_eq!(pool.apply_blocking(bytes_of, big.len()), Ok(big.clone()));
+    assert_eq!(
+        pool.apply_blocking(echo_bytes, big.clone())
+            .map(|b| b.len()),
+        Ok(big.len())
+    );
+    let echoed = rt.block_on(async {
+        let tasks: Vec<_> = (0..3)
+            .map(|_| pool.spawn(echo_bytes, big.clone()))
+            .collect();
+        futures::future::try_join_all(tasks).await.unwrap()
+    });
+    assert!(echoed.iter().all(|b| b.len() == big.len()));
     assert_eq!(pool.worker_pids(), vec![worker], "the worker served on");
 }
 

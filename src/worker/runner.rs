@@ -164,13 +164,43 @@ struct Output {
 
 impl Write for Output {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(bytes)?;
+        let n = write_waiting(&mut self.file, bytes)?;
         self.written += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// Writes what `file` takes of `bytes`, waiting for room if a task made the
+/// pipe non-blocking behind our back.
+fn write_waiting(file: &mut File, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match file.write(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(&*file, PollFlags::OUT)];
+                match poll(&mut fds, None) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            written => return written,
+        }
+    }
+}
+
+/// A file written with [`write_waiting`].
+struct Waiting<'a>(&'a mut File);
+
+impl Write for Waiting<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        write_waiting(self.0, bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -295,7 +325,7 @@ impl Runner {
             let next = self.jobs.front().map_or(0, |j| j.seq);
             wire::finish_result(&mut self.out, next, self.seen, nanos);
             match (&mut self.reply, &self.ring, job.route) {
-                (Some(reply), _, Route::Reply) => reply.write_all(&self.out)?,
+                (Some(reply), _, Route::Reply) => Waiting(reply).write_all(&self.out)?,
                 (_, Some(ring), Route::Ring) => {
                     let could_write = nanos >= self.syscall_nanos;
                     publish(ring, &mut self.output, &self.out, job.seq, could_write)?
