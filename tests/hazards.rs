@@ -645,6 +645,34 @@ fn waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock() {
     });
 }
 
+/// A task polled once on a current-thread runtime (its wake-up left with
+/// that runtime's reactor), then waited for inside `block_on` on the same
+/// thread through a combinator that only polls what was woken: nobody polls
+/// it again, so the pool must finish it without being polled.
+fn a_task_polled_on_the_runtime_then_waited_for_in_block_on_does_not_hang() {
+    use futures::StreamExt;
+    within_a_minute("a task left unpolled", || {
+        let pool = ProcessPool::new(2).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..5u64 {
+                let mut set = futures::stream::FuturesUnordered::new();
+                set.push(pool.spawn(square, i));
+                let _ = futures::poll!(set.next());
+                assert_eq!(futures::executor::block_on(set.next()), Some(Ok(i * i)));
+                // The map's own set: one result awaited here, the rest there.
+                let mut squares = pool.map(square, 0..4u64).chunk_size(1);
+                assert_eq!(squares.next().await, Some(Ok(0)));
+                let rest: Vec<_> = futures::executor::block_on(squares.collect::<Vec<_>>());
+                assert_eq!(rest, vec![Ok(1), Ok(4), Ok(9)]);
+            }
+        });
+    });
+}
+
 // ---------------------------------------------------------------- 5. misbehaving tasks
 
 fn exit_zero_inside_a_task_is_a_worker_death_not_a_success() {
@@ -903,6 +931,10 @@ fn run_tests() {
         (
             "waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock",
             &waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock,
+        ),
+        (
+            "a_task_polled_on_the_runtime_then_waited_for_in_block_on_does_not_hang",
+            &a_task_polled_on_the_runtime_then_waited_for_in_block_on_does_not_hang,
         ),
         (
             "exit_zero_inside_a_task_is_a_worker_death_not_a_success",

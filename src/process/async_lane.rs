@@ -15,7 +15,10 @@
 //! current-thread runtime it was spawned on, or inside a blocking
 //! `futures::executor::block_on` that keeps the runtime's thread from its
 //! reactor, or that runtime shut down), the rest of the call moves to a
-//! helper thread that finishes it with blocking reads. A runtime built
+//! helper thread that finishes it with blocking reads. A task that is not
+//! polled again at all once its reply is in (waited for in `block_on`
+//! through a combinator that polls only what was woken) is finished there
+//! too, by its supervisor's watch (see [`super::unpolled`]). A runtime built
 //! without its I/O driver, or a spawn from inside `block_on`, never takes
 //! this lane.
 
@@ -107,6 +110,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
         origin,
     });
     ctx.lanes[idx].set_takeover(Some(call.clone()));
+    ctx.lanes[idx].want_unpolled_watch();
     Ok(Some(Box::new(Driving(call))))
 }
 

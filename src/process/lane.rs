@@ -52,7 +52,7 @@ use std::os::fd::RawFd;
 /// (No direct lane on Windows; the type only keeps this module compiling.)
 #[cfg(not(unix))]
 type RawFd = i32;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,6 +98,10 @@ pub(crate) struct Lane {
     /// What an async borrower keeps for the next one (its registration with
     /// a reactor); only a borrower touches it.
     parked: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Whether the supervisor watches for async calls nobody polls (see
+    /// [`super::unpolled`]), and how a borrower asks it to.
+    watching_unpolled: AtomicBool,
+    watch_unpolled: Notify,
 }
 
 /// An async borrower's call is finished by whoever polls its task; when the
@@ -164,6 +168,8 @@ impl Default for Lane {
             handback: Mutex::new(None),
             takeover: Mutex::new(None),
             parked: Mutex::new(None),
+            watching_unpolled: AtomicBool::new(false),
+            watch_unpolled: Notify::new(),
         }
     }
 }
@@ -263,6 +269,39 @@ impl Lane {
         }
     }
 
+    /// Which async call holds the lane (the address of its [`Takeover`]),
+    /// if one does.
+    pub(crate) fn takeover_id(&self) -> Option<usize> {
+        let takeover = self.takeover.lock().unwrap_or_else(|e| e.into_inner());
+        takeover
+            .as_ref()
+            .map(|t| Arc::as_ptr(t).cast::<()>() as usize)
+    }
+
+    /// Whether the supervisor watches for async calls nobody polls.
+    pub(crate) fn watching_unpolled(&self) -> bool {
+        self.watching_unpolled.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a borrower asks for that watch.
+    pub(crate) async fn unpolled_watch_wanted(&self) {
+        self.watch_unpolled.notified().await;
+    }
+
+    /// The supervisor stops that watch: `false` if a borrower holds the lane
+    /// (then the watch goes on). Pairs with [`Lane::want_unpolled_watch`]:
+    /// either the borrower sees the watch stopped and asks again, or this
+    /// sees the borrow.
+    pub(crate) fn stop_unpolled_watch(&self) -> bool {
+        self.watching_unpolled.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.state.load(Ordering::SeqCst) & LENT != 0 {
+            self.watching_unpolled.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
     /// Has an async borrower's call finished elsewhere (see [`Takeover`]).
     pub(crate) fn take_over(&self, cancelled_only: bool) {
         let takeover = self
@@ -340,6 +379,16 @@ impl Lane {
     /// Set by an async borrower while its call runs.
     pub(crate) fn set_takeover(&self, takeover: Option<Arc<dyn Takeover>>) {
         *self.takeover.lock().unwrap_or_else(|e| e.into_inner()) = takeover;
+    }
+
+    /// An async borrower's task may stop being polled (awaited inside a
+    /// blocking executor, say) while its reply waits: asks the supervisor to
+    /// watch for that, waking it only if it is not watching already.
+    pub(crate) fn want_unpolled_watch(&self) {
+        fence(Ordering::SeqCst);
+        if !self.watching_unpolled.swap(true, Ordering::SeqCst) {
+            self.watch_unpolled.notify_one();
+        }
     }
 
     /// Leaves a job whose worker failed for the supervisor to settle.

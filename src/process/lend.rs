@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use super::ctx::PoolCtx;
 use super::job::Job;
 use super::lane::{Lane, Settled, TAKEOVER_AGAIN};
+use super::unpolled::UnpolledWatch;
 use super::worker::{exit_of, sleep_or_never, Worker};
 
 /// Why a worker stopped being lent out.
@@ -66,6 +67,7 @@ impl Worker {
     async fn watch_lent(&mut self, ctx: &PoolCtx, idx: usize, lane: &Lane) -> Lent {
         let idle_timer = ctx.config.idle_timeout.filter(|_| ctx.elastic());
         let mut listen = true;
+        let mut unpolled = UnpolledWatch::new(lane);
         loop {
             let uses = lane.uses();
             tokio::select! {
@@ -95,6 +97,13 @@ impl Worker {
                 // Queued work waits for this borrow to end: an async one is
                 // made to end without its task being polled.
                 _ = tokio::time::sleep(TAKEOVER_AGAIN), if !listen => lane.take_over(false),
+                // A reply no task reads (see `super::unpolled`).
+                _ = lane.unpolled_watch_wanted(), if !unpolled.ticking => unpolled.start(),
+                _ = unpolled.next_tick(), if unpolled.ticking => {
+                    use std::os::fd::AsFd;
+                    let replies = self.replies.as_ref().expect("lending needs a reply pipe");
+                    unpolled.tick(lane, replies.as_fd());
+                }
                 _ = sleep_or_never(idle_timer) => {
                     // Idle means unused for the whole timeout, lent or not.
                     if lane.uses() == uses && !lane.is_lent() {

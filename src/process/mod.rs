@@ -90,6 +90,8 @@ mod results;
 mod serve;
 mod slot;
 mod start;
+#[cfg(unix)]
+mod unpolled;
 #[cfg_attr(windows, path = "windows/worker.rs")]
 mod worker;
 
