@@ -617,31 +617,39 @@ fn blocking_calls_inside_a_current_thread_runtime_do_not_deadlock() {
 /// queued to make the supervisor step in (always for the first two, at the
 /// end of a map for the last).
 fn waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock() {
-    within_a_minute("block_on inside a runtime", || {
-        let pool = ProcessPool::new(2).unwrap();
+    on_a_current_thread_runtime("block_on inside a runtime", |pool| async move {
+        for i in 0..20u64 {
+            // Spawned from the runtime (the worker is idle), awaited
+            // from a blocking executor.
+            let task = pool.spawn(square, i);
+            assert_eq!(futures::executor::block_on(task), Ok(i * i));
+            // Spawned and awaited inside the blocking executor.
+            let generic = futures::executor::block_on(async { pool.spawn(square, i).await });
+            assert_eq!(generic, Ok(i * i));
+            assert_eq!(procpool::Pool::apply_blocking(&pool, square, i), Ok(i * i));
+            let squares: Vec<u64> = pool
+                .map_blocking(square, 0..50u64)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(squares.len(), 50);
+        }
+        // The runtime's own await still works after all that.
+        assert_eq!(pool.apply(square, 7).await, Ok(49));
+    });
+}
+
+/// Runs `body` with a 2-worker pool inside a current-thread runtime, on a
+/// thread of its own, and fails if it does not finish within a minute.
+fn on_a_current_thread_runtime<F>(what: &str, body: fn(ProcessPool) -> F)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    within_a_minute(what, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            for i in 0..20u64 {
-                // Spawned from the runtime (the worker is idle), awaited
-                // from a blocking executor.
-                let task = pool.spawn(square, i);
-                assert_eq!(futures::executor::block_on(task), Ok(i * i));
-                // Spawned and awaited inside the blocking executor.
-                let generic = futures::executor::block_on(async { pool.spawn(square, i).await });
-                assert_eq!(generic, Ok(i * i));
-                assert_eq!(procpool::Pool::apply_blocking(&pool, square, i), Ok(i * i));
-                let squares: Vec<u64> = pool
-                    .map_blocking(square, 0..50u64)
-                    .collect::<Result<_, _>>()
-                    .unwrap();
-                assert_eq!(squares.len(), 50);
-            }
-            // The runtime's own await still works after all that.
-            assert_eq!(pool.apply(square, 7).await, Ok(49));
-        });
+        rt.block_on(body(ProcessPool::new(2).unwrap()));
     });
 }
 
@@ -651,25 +659,18 @@ fn waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock() {
 /// it again, so the pool must finish it without being polled.
 fn a_task_polled_on_the_runtime_then_waited_for_in_block_on_does_not_hang() {
     use futures::StreamExt;
-    within_a_minute("a task left unpolled", || {
-        let pool = ProcessPool::new(2).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            for i in 0..5u64 {
-                let mut set = futures::stream::FuturesUnordered::new();
-                set.push(pool.spawn(square, i));
-                let _ = futures::poll!(set.next());
-                assert_eq!(futures::executor::block_on(set.next()), Some(Ok(i * i)));
-                // The map's own set: one result awaited here, the rest there.
-                let mut squares = pool.map(square, 0..4u64).chunk_size(1);
-                assert_eq!(squares.next().await, Some(Ok(0)));
-                let rest: Vec<_> = futures::executor::block_on(squares.collect::<Vec<_>>());
-                assert_eq!(rest, vec![Ok(1), Ok(4), Ok(9)]);
-            }
-        });
+    on_a_current_thread_runtime("a task left unpolled", |pool| async move {
+        for i in 0..5u64 {
+            let mut set = futures::stream::FuturesUnordered::new();
+            set.push(pool.spawn(square, i));
+            let _ = futures::poll!(set.next());
+            assert_eq!(futures::executor::block_on(set.next()), Some(Ok(i * i)));
+            // The map's own set: one result awaited here, the rest there.
+            let mut squares = pool.map(square, 0..4u64).chunk_size(1);
+            assert_eq!(squares.next().await, Some(Ok(0)));
+            let rest: Vec<_> = futures::executor::block_on(squares.collect::<Vec<_>>());
+            assert_eq!(rest, vec![Ok(1), Ok(4), Ok(9)]);
+        }
     });
 }
 
