@@ -155,6 +155,8 @@ mod func_ref;
 mod image;
 mod map;
 mod panic_info;
+#[cfg(unix)]
+mod pipe_io;
 mod pool;
 mod process;
 mod remote;

@@ -638,6 +638,16 @@ fn waiting_with_block_on_inside_a_current_thread_runtime_does_not_deadlock() {
     });
 }
 
+/// Runs `f` on `pool` from a thread of its own, failing if it hangs.
+fn apply_within_a_minute(
+    pool: &ProcessPool,
+    what: &str,
+    f: fn(()) -> u32,
+) -> Result<u32, TaskError> {
+    let pool = pool.clone();
+    within_a_minute(what, move || pool.apply_blocking(f, ()))
+}
+
 /// Runs `body` with a 2-worker pool inside a current-thread runtime, on a
 /// thread of its own, and fails if it does not finish within a minute.
 fn on_a_current_thread_runtime<F>(what: &str, body: fn(ProcessPool) -> F)
@@ -736,10 +746,7 @@ fn a_task_that_leaves_a_thread_running_fails_nothing() {
 fn a_task_that_closes_every_descriptor_fails_only_itself() {
     let pool = ProcessPool::new(1).unwrap();
     let worker = pool.worker_pids()[0];
-    let r = within_a_minute("closing descriptors", {
-        let pool = pool.clone();
-        move || pool.apply_blocking(close_every_descriptor, ())
-    });
+    let r = apply_within_a_minute(&pool, "closing descriptors", close_every_descriptor);
     assert!(
         matches!(
             r,
@@ -757,10 +764,11 @@ fn a_task_that_closes_every_descriptor_fails_only_itself() {
 fn a_task_that_makes_every_descriptor_non_blocking_fails_nothing() {
     let pool = ProcessPool::new(1).unwrap();
     let worker = pool.worker_pids()[0];
-    let ran_in = within_a_minute("non-blocking descriptors", {
-        let pool = pool.clone();
-        move || pool.apply_blocking(make_every_descriptor_non_blocking, ())
-    });
+    let ran_in = apply_within_a_minute(
+        &pool,
+        "non-blocking descriptors",
+        make_every_descriptor_non_blocking,
+    );
     assert_eq!(ran_in, Ok(worker));
     // Idle between calls (the direct lane) and through the queue.
     for i in 0..20u64 {

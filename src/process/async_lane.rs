@@ -96,7 +96,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
     // SAFETY: the supervisor keeps the job pipe open while the lane is lent,
     // and it is lent to `exchange` until that ends.
     let job_fd = unsafe { BorrowedFd::borrow_raw(loan.job_fd) };
-    if direct::write_all(job_fd, exchange.job.frame.bytes()).is_err() {
+    if crate::pipe_io::write_all(job_fd, exchange.job.frame.bytes()).is_err() {
         drop(watch);
         exchange.conclude(Err(Failure::Died));
         return Ok(None);

@@ -198,7 +198,7 @@ fn exchange(
     buf: &mut Vec<u8>,
     max: u64,
 ) -> Result<Range<usize>, Failure> {
-    write_all(fds.job, frame).map_err(|_| Failure::Died)?;
+    crate::pipe_io::write_all(fds.job, frame).map_err(|_| Failure::Died)?;
     buf.clear();
     // Waiting first: a reply is never there yet right after the write (the
     // worker has to wake up first), and a read that finds nothing costs a
@@ -277,25 +277,6 @@ pub(super) fn wait_for_reply(
             Err(_) => return Err(Failure::Died),
         }
     }
-}
-
-/// Writes all of `bytes` to the (non-blocking) job pipe.
-pub(super) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
-    while !bytes.is_empty() {
-        match rustix::io::write(fd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(rustix::io::Errno::AGAIN) => {
-                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
-                match poll(&mut fds, None) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Checks that `body` is the result of job `seq`; returns its status, run

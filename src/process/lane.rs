@@ -386,7 +386,10 @@ impl Lane {
     /// watch for that, waking it only if it is not watching already.
     pub(crate) fn want_unpolled_watch(&self) {
         fence(Ordering::SeqCst);
-        if !self.watching_unpolled.swap(true, Ordering::SeqCst) {
+        // (A load first: the common case, a watch on already, writes nothing.)
+        if !self.watching_unpolled.load(Ordering::SeqCst)
+            && !self.watching_unpolled.swap(true, Ordering::SeqCst)
+        {
             self.watch_unpolled.notify_one();
         }
     }

@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
-
 use super::lane::Lane;
 
 /// How often the supervisor looks at a lane with async calls.
@@ -76,7 +74,7 @@ impl UnpolledWatch {
             return;
         };
         self.quiet = 0;
-        if !readable_now(reply) {
+        if !crate::pipe_io::readable_now(reply).unwrap_or(false) {
             self.waiting = None;
         } else if self.waiting == Some(call) {
             self.waiting = None;
@@ -85,9 +83,4 @@ impl UnpolledWatch {
             self.waiting = Some(call);
         }
     }
-}
-
-fn readable_now(fd: BorrowedFd<'_>) -> bool {
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    poll(&mut fds, Some(&Timespec::default())).is_ok_and(|n| n > 0)
 }

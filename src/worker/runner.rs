@@ -13,10 +13,11 @@ use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
-use rustix::event::{poll, PollFd, PollFlags};
+use rustix::event::PollFlags;
 
 use crate::func_ref;
 use crate::panic_info;
+use crate::pipe_io;
 use crate::ring::{Ring, SLOT_BYTES};
 use crate::wire::{self, FrameError, Route, Status, ToWorker};
 
@@ -164,43 +165,14 @@ struct Output {
 
 impl Write for Output {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let n = write_waiting(&mut self.file, bytes)?;
-        self.written += n as u64;
-        Ok(n)
+        // Whole (a task may have made the pipe non-blocking).
+        pipe_io::write_all(&self.file, bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
-    }
-}
-
-/// Writes what `file` takes of `bytes`, waiting for room if a task made the
-/// pipe non-blocking behind our back.
-fn write_waiting(file: &mut File, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        match file.write(bytes) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut fds = [PollFd::new(&*file, PollFlags::OUT)];
-                match poll(&mut fds, None) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            written => return written,
-        }
-    }
-}
-
-/// A file written with [`write_waiting`].
-struct Waiting<'a>(&'a mut File);
-
-impl Write for Waiting<'_> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        write_waiting(self.0, bytes)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
     }
 }
 
@@ -325,7 +297,7 @@ impl Runner {
             let next = self.jobs.front().map_or(0, |j| j.seq);
             wire::finish_result(&mut self.out, next, self.seen, nanos);
             match (&mut self.reply, &self.ring, job.route) {
-                (Some(reply), _, Route::Reply) => Waiting(reply).write_all(&self.out)?,
+                (Some(reply), _, Route::Reply) => pipe_io::write_all(&*reply, &self.out)?,
                 (_, Some(ring), Route::Ring) => {
                     let could_write = nanos >= self.syscall_nanos;
                     publish(ring, &mut self.output, &self.out, job.seq, could_write)?
@@ -350,7 +322,7 @@ impl Runner {
     /// what it says is there.
     fn fill(&mut self, block: bool) -> io::Result<bool> {
         loop {
-            if !block && !self.readable_now()? {
+            if !block && !pipe_io::readable_now(&self.input)? {
                 return Ok(true);
             }
             let want = wire::missing_bytes(&self.inbuf[self.parsed..])
@@ -370,30 +342,13 @@ impl Runner {
                 }
                 // Made non-blocking behind our back (by a task, say): wait
                 // in `poll` instead.
-                Err(rustix::io::Errno::AGAIN) if block => self.wait_readable()?,
+                Err(rustix::io::Errno::AGAIN) if block => {
+                    pipe_io::ready(&self.input, PollFlags::IN, None)?;
+                }
                 Err(rustix::io::Errno::AGAIN) => return Ok(true),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
-        }
-    }
-
-    /// Waits until the job pipe has bytes (or its writer closed).
-    fn wait_readable(&self) -> io::Result<()> {
-        let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
-        match poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Whether the job pipe has bytes (or its writer closed) right now.
-    fn readable_now(&self) -> io::Result<bool> {
-        let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
-        match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
-            Ok(n) => Ok(n > 0),
-            Err(rustix::io::Errno::INTR) => Ok(false),
-            Err(e) => Err(e.into()),
         }
     }
 
