@@ -17,7 +17,7 @@ scripts/wine/build.sh "$PROCPOOL_WINE_SHIM_DIR"
 export WINEDEBUG="${WINEDEBUG:--all}"
 echo "--- unit tests (Wine)"
 timeout 900 cargo test --target x86_64-pc-windows-gnu --lib
-for t in process_pool thread_pool faults map parent_process lifecycle; do
+for t in process_pool thread_pool faults map parent_process lifecycle large_frames; do
   echo "--- $t (Wine)"
   timeout 900 cargo test --target x86_64-pc-windows-gnu --test "$t"
 done

@@ -89,7 +89,9 @@
 //! skips the supervisor: it borrows the worker and exchanges the job and the
 //! result itself, so the round trip costs two thread switches instead of
 //! four; the supervisor takes the worker back for queued work, and settles
-//! the call if the worker dies.
+//! the call if the worker dies. On Linux, large arguments and results (from
+//! 256 KiB) skip the pipes: each is put in memory the worker shares with the
+//! parent and decoded where it lies.
 //!
 //! # Streaming maps
 //!
@@ -159,6 +161,8 @@ mod panic_info;
 mod pipe_io;
 mod pool;
 mod process;
+#[cfg(unix)]
+mod region;
 mod remote;
 #[cfg(unix)]
 mod ring;

@@ -169,9 +169,10 @@ impl Ring {
 
     // ----- the worker's side -----
 
-    /// Publishes one whole frame of at most [`SLOT_BYTES`]. `Err` when the
-    /// ring is full, which a parent that keeps its rules never allows.
-    pub(crate) fn publish(&self, frame: &[u8]) -> io::Result<()> {
+    /// Publishes one whole frame of at most [`SLOT_BYTES`]; returns its
+    /// index. `Err` when the ring is full, which a parent that keeps its rules
+    /// never allows.
+    pub(crate) fn publish(&self, frame: &[u8]) -> io::Result<u64> {
         assert!(frame.len() <= SLOT_BYTES, "a ring entry fits its slot");
         let h = self.header();
         let head = h.head.load(Ordering::Relaxed);
@@ -182,7 +183,13 @@ impl Ring {
         // says) and only this worker writes slots.
         unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), self.slot_ptr(head), frame.len()) };
         h.head.store(head + 1, Ordering::SeqCst);
-        Ok(())
+        Ok(head)
+    }
+
+    /// Whether the parent has consumed entry `index` (and so is done with
+    /// everything it announced).
+    pub(crate) fn is_consumed(&self, index: u64) -> bool {
+        self.header().tail.load(Ordering::Acquire) > index
     }
 
     /// Whether the result pipe may hold bytes this worker did not write,

@@ -13,6 +13,7 @@
 //! | JOB_DIRECT | as `JOB`; the `RESULT` goes to the reply stream  |
 //! | JOB_RING | as `JOB`; the `RESULT` goes to the result ring     |
 //! | CANCEL | `seq u64` — skip this job if it has not started     |
+//! | JOB_IN_REGION | `len u64` — the next job's frame is the first `len` bytes of the job region |
 //!
 //! `JOB_DIRECT` is the direct lane's job (see `process::lane`): a caller that
 //! borrowed an idle worker writes it itself and reads the answer from the
@@ -28,7 +29,12 @@
 //! | RESULT | `seq u64`, `next u64`, `seen u64`, `nanos u64`, `status u8`, payload   |
 //!
 //! | ON_PIPE | `seq u64` (a ring entry): job `seq`'s `RESULT` is the next one on the pipe |
+//! | RESULT_IN_REGION | `seq u64`, `len u64` (a ring entry): job `seq`'s `RESULT` frame is the first `len` bytes of the result region |
 //! | DOORBELL | (on the pipe) the ring has entries and the parent was about to sleep |
+//!
+//! A local worker's large frames lie in shared memory instead of the pipe
+//! (see [`crate::region`]): the notice stands where the frame would, so the
+//! rules below hold for them unchanged.
 //!
 //! `nanos` is how long the job ran in the worker (for the pool's statistics).
 //!
@@ -62,6 +68,8 @@ pub(crate) const TAG_CANCEL: u8 = 2;
 pub(crate) const TAG_JOB_DIRECT: u8 = 3;
 /// Parent → worker: run a job and answer in the result ring.
 pub(crate) const TAG_JOB_RING: u8 = 4;
+/// Parent → worker: the next job's frame is in the job region.
+pub(crate) const TAG_JOB_IN_REGION: u8 = 5;
 /// Worker → parent: ready, with pid and build identity.
 pub(crate) const TAG_HELLO: u8 = 10;
 /// Worker → parent: refuses to work (build mismatch), then exits.
@@ -72,6 +80,8 @@ pub(crate) const TAG_RESULT: u8 = 12;
 pub(crate) const TAG_ON_PIPE: u8 = 13;
 /// Worker → parent, on the pipe: look at the ring.
 pub(crate) const TAG_DOORBELL: u8 = 14;
+/// Worker → parent, a ring entry: the job's result is in the result region.
+pub(crate) const TAG_RESULT_IN_REGION: u8 = 15;
 
 /// Where a job's `RESULT` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +274,10 @@ pub(crate) enum ToWorker<'a> {
     Cancel {
         seq: u64,
     },
+    /// The next job's frame: the job region's first `len` bytes.
+    InRegion {
+        len: u64,
+    },
 }
 
 impl<'a> ToWorker<'a> {
@@ -282,6 +296,7 @@ impl<'a> ToWorker<'a> {
                 },
             }),
             TAG_CANCEL => Ok(ToWorker::Cancel { seq: c.u64()? }),
+            TAG_JOB_IN_REGION => Ok(ToWorker::InRegion { len: c.u64()? }),
             _ => Err(FrameError::Malformed("unknown message tag")),
         }
     }
@@ -321,6 +336,15 @@ pub(crate) fn set_job_seq(frame: &mut [u8], seq: u64, route: Route) {
     frame[LEN_PREFIX + 1..LEN_PREFIX + 9].copy_from_slice(&seq.to_le_bytes());
 }
 
+/// Appends a `JOB_IN_REGION` frame: the job region holds a job frame of
+/// `len` bytes.
+pub(crate) fn encode_job_in_region(out: &mut Vec<u8>, len: u64) {
+    let start = begin_frame(out);
+    out.push(TAG_JOB_IN_REGION);
+    out.extend_from_slice(&len.to_le_bytes());
+    end_frame(out, start);
+}
+
 /// Appends a `CANCEL` frame.
 pub(crate) fn encode_cancel(out: &mut Vec<u8>, seq: u64) {
     let start = begin_frame(out);
@@ -349,6 +373,11 @@ pub(crate) enum FromWorker<'a> {
     },
     OnPipe {
         seq: u64,
+    },
+    /// Job `seq`'s result frame: the result region's first `len` bytes.
+    InRegion {
+        seq: u64,
+        len: u64,
     },
     Doorbell,
 }
@@ -381,6 +410,10 @@ impl<'a> FromWorker<'a> {
                 })
             }
             TAG_ON_PIPE => Ok(FromWorker::OnPipe { seq: c.u64()? }),
+            TAG_RESULT_IN_REGION => Ok(FromWorker::InRegion {
+                seq: c.u64()?,
+                len: c.u64()?,
+            }),
             TAG_DOORBELL => Ok(FromWorker::Doorbell),
             _ => Err(FrameError::Malformed("unknown message tag")),
         }
@@ -419,6 +452,15 @@ pub(crate) fn encode_on_pipe(out: &mut Vec<u8>, seq: u64) {
     let start = begin_frame(out);
     out.push(TAG_ON_PIPE);
     out.extend_from_slice(&seq.to_le_bytes());
+    end_frame(out, start);
+}
+
+/// Appends a `RESULT_IN_REGION` frame (a ring entry).
+pub(crate) fn encode_result_in_region(out: &mut Vec<u8>, seq: u64, len: u64) {
+    let start = begin_frame(out);
+    out.push(TAG_RESULT_IN_REGION);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     end_frame(out, start);
 }
 

@@ -18,7 +18,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::wait_until;
+use common::{children, open_fds, wait_until};
 use procpool::{CodecStage, Error, ProcessPool, ProcessPoolBuilder, TaskError, ThreadPool};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -134,24 +134,8 @@ fn takes_undeserializable(_: Undeserializable) -> u64 {
 // --- process inspection -------------------------------------------------
 
 #[cfg(windows)]
-fn open_fds() -> usize {
-    common::handle_count()
-}
-
-#[cfg(windows)]
 fn fd_targets() -> Vec<String> {
     vec!["(handles are not listed on Windows)".into()]
-}
-
-/// (running, zombie) children of this process; Windows has no zombies.
-#[cfg(windows)]
-fn children() -> (Vec<u32>, Vec<u32>) {
-    (common::child_pids(), vec![])
-}
-
-#[cfg(unix)]
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 #[cfg(unix)]
@@ -169,26 +153,6 @@ fn fd_targets() -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// (running, zombie) children of this process.
-#[cfg(unix)]
-fn children() -> (Vec<u32>, Vec<u32>) {
-    let me = std::process::id();
-    let (mut live, mut zombies) = (vec![], vec![]);
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if common::parent_of(pid) == Some(me) {
-            match common::proc_state(pid) {
-                Some('Z') => zombies.push(pid),
-                Some(_) => live.push(pid),
-                None => {}
-            }
-        }
-    }
-    (live, zombies)
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

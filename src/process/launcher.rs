@@ -41,8 +41,30 @@ pub(crate) struct Launched {
     /// The parent's side of the worker's result ring; `None`: results of
     /// queued jobs come through `from_worker` too.
     pub(crate) ring: Option<crate::ring::Ring>,
+    /// The parent's side of the worker's regions for large frames (jobs,
+    /// results); `None`: every frame crosses the pipes.
+    pub(crate) regions: Option<Regions>,
     /// The process itself.
     pub(crate) process: Box<dyn WorkerProcess>,
+}
+
+/// A worker's two regions for large frames (see [`crate::region`]).
+pub(crate) struct Regions {
+    /// The parent writes large job frames here.
+    pub(crate) jobs: crate::region::Region,
+    /// The worker writes large result frames here.
+    pub(crate) results: crate::region::Region,
+}
+
+impl Regions {
+    /// Both regions, where the platform has them.
+    fn create(max_frame: u64) -> Option<Regions> {
+        use crate::region::Region;
+        Some(Regions {
+            jobs: Region::create(max_frame).ok()?,
+            results: Region::create(max_frame).ok()?,
+        })
+    }
 }
 
 /// How a worker process ended.
@@ -107,7 +129,7 @@ pub(crate) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 impl Launcher for LocalLauncher {
     fn launch(&self, spec: &LaunchSpec) -> io::Result<Launched> {
-        // All ends are close-on-exec; only the child's own five are made
+        // All ends are close-on-exec; only the child's own seven are made
         // inheritable, in the child, so no worker holds another's pipes (which
         // would keep a dead parent's lifeline open).
         let (job_r, job_w) = cloexec_pipe()?;
@@ -118,6 +140,10 @@ impl Launcher for LocalLauncher {
         enlarge(&res_w);
         enlarge(&reply_w);
         let ring = crate::ring::Ring::create(spec.ring_slots)?;
+        let regions = Regions::create(spec.max_frame);
+        let region_fd = |pick: fn(&Regions) -> &crate::region::Region| {
+            regions.as_ref().map_or(-1, |r| pick(r).fd().as_raw_fd())
+        };
 
         let child_fds = [
             job_r.as_raw_fd(),
@@ -125,6 +151,8 @@ impl Launcher for LocalLauncher {
             reply_w.as_raw_fd(),
             life_r.as_raw_fd(),
             ring.fd().as_raw_fd(),
+            region_fd(|r| &r.jobs),
+            region_fd(|r| &r.results),
         ];
         let env = Spec {
             input: child_fds[0],
@@ -132,6 +160,8 @@ impl Launcher for LocalLauncher {
             reply: child_fds[2],
             lifeline: child_fds[3],
             ring: child_fds[4],
+            job_region: child_fds[5],
+            result_region: child_fds[6],
             identity: spec.identity,
             max_frame: spec.max_frame,
         }
@@ -147,7 +177,7 @@ impl Launcher for LocalLauncher {
         // makes async-signal-safe system calls (fcntl, prctl, getppid).
         unsafe {
             cmd.pre_exec(move || {
-                for fd in child_fds {
+                for fd in child_fds.into_iter().filter(|&fd| fd >= 0) {
                     // SAFETY: these descriptors are open: the parent keeps them
                     // alive until `spawn` returns.
                     let fd = BorrowedFd::borrow_raw(fd);
@@ -201,6 +231,7 @@ impl Launcher for LocalLauncher {
             from_worker: res_r,
             replies: Some(reply_r),
             ring: Some(ring),
+            regions,
             process: Box::new(ChildProcess::new(child, Some(life_w))),
         })
     }

@@ -10,10 +10,11 @@
 //!    [`worker::Worker`] running: it starts it, lets it serve, and replaces
 //!    it when it dies or is recycled.
 //! 3. [`serve`]: the worker's event loop takes the job from the queue, writes
-//!    it to the worker's pipe (through the [`outbox`]), and waits for the
-//!    result, which [`results`] reads (from the worker's result ring, or the
-//!    pipe), matches to the job and delivers to its task; [`ending`] decides
-//!    what happens when the worker goes away.
+//!    it to the worker's pipe (through the [`outbox`]; a large one goes into
+//!    the worker's job region, see [`crate::region`]), and waits for the
+//!    result, which [`results`] reads (from the worker's result ring, its
+//!    result region, or the pipe), matches to the job and delivers to its
+//!    task; [`ending`] decides what happens when the worker goes away.
 //! 4. The worker process itself is `crate::worker`, re-executed by the
 //!    [`launcher`]; the [`init`]ialiser runs in it before the first job.
 //!
@@ -51,7 +52,8 @@
 //! calls methods of `worker::Worker` that it defines itself (an `impl` block
 //! of its own); `serve` and `ending` call them through the worker. The
 //! result ring, `crate::ring`, is used by `launcher` (which creates it),
-//! `worker` (which holds it) and `results` (which reads it).
+//! `worker` (which holds it) and `results` (which reads it); so are the
+//! regions for large frames, `crate::region`, which `serve` also writes.
 
 //!
 //! # Windows

@@ -4,7 +4,9 @@
 //! ([`crate::ring`]): inline when it fits a slot, else as an entry naming the
 //! frame it wrote to the result pipe. Entries are handled in the order the
 //! worker ran the jobs, so a worker that dies mid-batch leaves exactly the
-//! results it published, each settling its own job. Workers without a ring
+//! results it published, each settling its own job. A large result lies in
+//! the worker's result region instead of the pipe (see [`crate::region`]),
+//! announced by its own entry. Workers without a ring
 //! (remote ones) send every result frame on the pipe.
 
 use std::collections::VecDeque;
@@ -117,6 +119,12 @@ impl Worker {
                     // Blame `seq`: jobs before it can only have been skipped.
                     let _ = pop_skipped(ctx, inflight, |s| s < seq);
                 }),
+                Ok(FromWorker::InRegion { seq, len }) => self
+                    .take_from_region(seq, len, ctx)
+                    .and_then(|message| self.settle(ctx, inflight, message))
+                    .inspect_err(|_| {
+                        let _ = pop_skipped(ctx, inflight, |s| s < seq);
+                    }),
                 Ok(_) => Err("unexpected message in the result ring".into()),
                 Err(e) => Err(e),
             };
@@ -127,6 +135,31 @@ impl Worker {
             ring.consumed(index);
         };
         (pos, outcome)
+    }
+
+    /// The result of job `seq` that a `RESULT_IN_REGION` entry announces:
+    /// the result region's first `len` bytes, which must be exactly that
+    /// result's frame.
+    fn take_from_region(
+        &self,
+        seq: u64,
+        len: u64,
+        ctx: &PoolCtx,
+    ) -> Result<FromWorker<'_>, String> {
+        let region = (self.result_region.as_ref()).ok_or("a result region this worker lacks")?;
+        let bytes = region.get(len)?;
+        match wire::split_frame(bytes, ctx.config.max_frame) {
+            Ok(Some((body, used))) if used == bytes.len() => {
+                match FromWorker::decode(&bytes[body]) {
+                    Ok(message @ FromWorker::Result { seq: got, .. }) if got == seq => Ok(message),
+                    _ => Err(format!(
+                        "the result ring names job {seq}, the result region another message"
+                    )),
+                }
+            }
+            Ok(_) => Err("the result region does not hold one whole frame".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Settles the job a result message answers, and any the worker says it

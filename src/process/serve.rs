@@ -19,6 +19,7 @@ use super::lane::Failure;
 use super::lend::Lent;
 use super::outbox::Outbox;
 use super::worker::{exit_of, rss_bytes, sleep_or_never, InFlight, Worker};
+use crate::region::Region;
 use crate::stats::Counters;
 use crate::wire;
 
@@ -47,6 +48,12 @@ struct Service<'a> {
     route: wire::Route,
     /// The most jobs the worker may hold unanswered (its ring's slots).
     max_held: usize,
+    /// Where large job frames go (see [`crate::region`]), if the worker has
+    /// regions.
+    job_region: Option<Region>,
+    /// The last job sent through the job region: it is busy while that job
+    /// is in flight.
+    region_seq: Option<u64>,
 }
 
 impl Worker {
@@ -59,7 +66,7 @@ impl Worker {
         idx: usize,
         carried: &mut VecDeque<Job>,
     ) -> Ended {
-        let mut service = Service::new(ctx, idx, &self);
+        let mut service = Service::new(ctx, idx, &mut self);
         for job in carried.drain(..) {
             if !job.slot.is_cancelled() {
                 service.send(job);
@@ -76,7 +83,7 @@ impl Worker {
 }
 
 impl<'a> Service<'a> {
-    fn new(ctx: &'a PoolCtx, idx: usize, worker: &Worker) -> Self {
+    fn new(ctx: &'a PoolCtx, idx: usize, worker: &mut Worker) -> Self {
         Service {
             ctx,
             idx,
@@ -98,6 +105,8 @@ impl<'a> Service<'a> {
                 .ring
                 .as_ref()
                 .map_or(usize::MAX, |r| r.slots() as usize),
+            job_region: worker.job_region.take(),
+            region_seq: None,
         }
     }
 
@@ -105,8 +114,10 @@ impl<'a> Service<'a> {
     fn send(&mut self, mut job: Job) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        wire::set_job_seq(job.frame.bytes_mut(), seq, self.route);
-        self.out.push_frame(&job.frame);
+        if !self.send_in_region(&job, seq) {
+            wire::set_job_seq(job.frame.bytes_mut(), seq, self.route);
+            self.out.push_frame(&job.frame);
+        }
         Counters::bump(&self.ctx.counters.running);
         let sent_idle = self.inflight.is_empty().then(std::time::Instant::now);
         self.inflight.push_back(InFlight {
@@ -116,6 +127,32 @@ impl<'a> Service<'a> {
             sent_idle,
         });
         self.sent += 1;
+    }
+
+    /// Puts a large job's frame in the worker's job region and queues the
+    /// notice; `false` when the frame must take the pipe: no region, a frame
+    /// too small to gain from one, or a region still holding a job that has
+    /// not left the worker.
+    fn send_in_region(&mut self, job: &Job, seq: u64) -> bool {
+        let Some(region) = &mut self.job_region else {
+            return false;
+        };
+        let gone = |s: u64| self.inflight.front().is_none_or(|f| f.seq > s);
+        if !self.region_seq.is_none_or(gone) {
+            return false;
+        }
+        let frame = job.frame.bytes();
+        if frame.len() < crate::region::USE_FROM || !region.fits(frame.len()) {
+            region.note_unused();
+            return false;
+        }
+        match region.put(frame) {
+            Ok(copy) => wire::set_job_seq(copy, seq, self.route),
+            Err(_) => return false,
+        }
+        wire::encode_job_in_region(self.out.small_buffer(), frame.len() as u64);
+        self.region_seq = Some(seq);
+        true
     }
 
     /// One turn of the loop: lend the idle worker out, or wait for one event.
@@ -168,6 +205,11 @@ impl<'a> Service<'a> {
         let (lent, settled) = worker.lend(self.ctx, self.idx, self.next_seq, budget).await;
         self.next_seq = settled.next_seq;
         self.sent += settled.done;
+        // The job region is free (the worker was idle): direct jobs count
+        // as jobs without a large frame.
+        if let Some(region) = &mut self.job_region {
+            (0..settled.done).for_each(|_| region.note_unused());
+        }
         // Before anything can end this worker's service: the job
         // must reach a worker whatever happens to this one.
         let lent = match lent {

@@ -14,6 +14,7 @@ use super::exit_watch::exit_watch;
 use super::init::InitJob;
 use super::job::Job;
 use super::launcher::{ExitInfo, LaunchSpec, WorkerProcess};
+use crate::region::Region;
 use crate::ring::Ring;
 use crate::wire::{self, FromWorker};
 use crate::Error;
@@ -51,6 +52,13 @@ pub(crate) struct Worker {
     /// Where the results of the queue's jobs are published, if the worker
     /// has a ring (see [`crate::ring`]); else they come through `rx`.
     pub(crate) ring: Option<Ring>,
+    /// Where large job frames go, if the worker has regions (see
+    /// [`crate::region`]); the serve loop takes it while it feeds the
+    /// worker.
+    pub(crate) job_region: Option<Region>,
+    /// Where large results of the queue's jobs come from, if the worker has
+    /// regions.
+    pub(crate) result_region: Option<Region>,
     pub(crate) inbuf: Vec<u8>,
     /// Bytes of the result pipe taken out of `inbuf` so far.
     pub(crate) pipe_taken: u64,
@@ -89,6 +97,10 @@ impl Worker {
         let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
         let process = launched.process;
         let ring = launched.ring;
+        let (job_region, result_region) = match launched.regions {
+            Some(r) => (Some(r.jobs), Some(r.results)),
+            None => (None, None),
+        };
         // Non-blocking: async borrowers read it when their reactor says so,
         // blocking ones poll() before each read.
         let replies = launched
@@ -119,6 +131,8 @@ impl Worker {
             }),
             replies,
             ring,
+            job_region,
+            result_region,
             inbuf: Vec::with_capacity(64 * 1024),
             pipe_taken: 0,
             keeper: Default::default(),

@@ -124,6 +124,7 @@ impl Launcher for RemoteLauncher {
             from_worker: res_r,
             replies: None, // no direct lane over a launcher
             ring: None,    // nor shared memory
+            regions: None,
             process: Box::new(ChildProcess::new(child, None)),
         })
     }

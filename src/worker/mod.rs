@@ -133,6 +133,10 @@ pub(crate) struct Spec {
     pub(crate) lifeline: RawFd,
     /// The result ring's shared memory; -1 when there is none.
     pub(crate) ring: RawFd,
+    /// The regions for large job and result frames (see
+    /// [`crate::region`]); -1 when there are none.
+    pub(crate) job_region: RawFd,
+    pub(crate) result_region: RawFd,
     /// The parent's build identity.
     pub(crate) identity: u64,
     /// Largest frame either side may send.
@@ -142,12 +146,14 @@ pub(crate) struct Spec {
 impl Spec {
     pub(crate) fn to_env(&self) -> String {
         format!(
-            "v3:{}:{}:{}:{}:{}:{:x}:{}",
+            "v4:{}:{}:{}:{}:{}:{}:{}:{:x}:{}",
             self.input,
             self.output,
             self.reply,
             self.lifeline,
             self.ring,
+            self.job_region,
+            self.result_region,
             self.identity,
             self.max_frame
         )
@@ -155,7 +161,7 @@ impl Spec {
 
     pub(crate) fn parse(s: &str) -> Option<Spec> {
         let mut parts = s.split(':');
-        if parts.next()? != "v3" {
+        if parts.next()? != "v4" {
             return None;
         }
         let spec = Spec {
@@ -164,6 +170,8 @@ impl Spec {
             reply: parts.next()?.parse().ok()?,
             lifeline: parts.next()?.parse().ok()?,
             ring: parts.next()?.parse().ok()?,
+            job_region: parts.next()?.parse().ok()?,
+            result_region: parts.next()?.parse().ok()?,
             identity: u64::from_str_radix(parts.next()?, 16).ok()?,
             max_frame: parts.next()?.parse().ok()?,
         };
@@ -217,6 +225,8 @@ mod tests {
             reply: 8,
             lifeline: 9,
             ring: 10,
+            job_region: 11,
+            result_region: -1,
             identity: 0xdead_beef,
             max_frame: 1 << 30,
         };
@@ -227,6 +237,8 @@ mod tests {
             "v2:1:2:3:4:5",
             "v3:1:2:-1:3:4:zz:5",
             "v3:1:2:-1:3:4:5:6:7",
+            "v4:1:2:-1:3:4:5:6:7",
+            "v4:1:2:-1:3:4:5:6:zz:7",
             "v2:1:2:-1:3:4:5",
             "v2:1:2",
         ] {

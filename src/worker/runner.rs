@@ -18,6 +18,7 @@ use rustix::event::PollFlags;
 use crate::func_ref;
 use crate::panic_info;
 use crate::pipe_io;
+use crate::region::{self, Region};
 use crate::ring::{Ring, SLOT_BYTES};
 use crate::wire::{self, FrameError, Route, Status, ToWorker};
 
@@ -53,12 +54,29 @@ pub(super) fn serve(spec: Spec) -> i32 {
             }
         },
     };
+    let open_region = |fd: i32| match fd {
+        -1 => Ok(None),
+        // SAFETY: as above, this descriptor is ours alone.
+        fd => Region::open(unsafe { OwnedFd::from_raw_fd(fd) }, spec.max_frame).map(Some),
+    };
+    let (job_region, result_region) = match (
+        open_region(spec.job_region),
+        open_region(spec.result_region),
+    ) {
+        (Ok(jobs), Ok(results)) => (jobs, results),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("procpool worker {}: {e}", std::process::id());
+            return 4;
+        }
+    };
     for fd in [
         spec.input,
         spec.output,
         spec.reply,
         spec.lifeline,
         spec.ring,
+        spec.job_region,
+        spec.result_region,
     ] {
         if fd < 0 {
             continue;
@@ -81,6 +99,11 @@ pub(super) fn serve(spec: Spec) -> i32 {
         },
         reply,
         ring,
+        job_region,
+        result_region: result_region.map(|region| ResultRegion {
+            region,
+            entry: None,
+        }),
         inbuf: Vec::with_capacity(64 * 1024),
         parsed: 0,
         jobs: VecDeque::new(),
@@ -110,15 +133,37 @@ pub(super) fn serve(spec: Spec) -> i32 {
     }
 }
 
+/// The result region, and when it is free again.
+struct ResultRegion {
+    region: Region,
+    /// The ring entry that announced the frame it holds: the region is free
+    /// once the parent has consumed that entry (and so read the frame).
+    entry: Option<u64>,
+}
+
+impl ResultRegion {
+    fn is_free(&self, ring: &Ring) -> bool {
+        self.entry.is_none_or(|i| ring.is_consumed(i))
+    }
+
+    /// A result went elsewhere: see [`Region::note_unused`].
+    fn note_unused(&mut self, ring: &Ring) {
+        if self.is_free(ring) {
+            self.region.note_unused();
+        }
+    }
+}
+
 /// Publishes the result frame `out` of job `seq` in the ring: in a slot when
-/// it fits, else on the pipe, announced by a slot naming the job. Rings the
-/// doorbell if the parent is about to sleep. `could_write`: the job ran long
-/// enough to have made a system call.
+/// it fits, in the result region when it is large and the region is free,
+/// else on the pipe; the last two are announced by a slot naming the job.
+/// Rings the doorbell if the parent is about to sleep. `could_write`: the
+/// job ran long enough to have made a system call.
 fn publish(
     ring: &Ring,
     pipe: &mut Output,
-    out: &[u8],
-    seq: u64,
+    results: Option<&mut ResultRegion>,
+    (out, seq): (&[u8], u64),
     could_write: bool,
 ) -> io::Result<()> {
     // A task that wrote to the parent's pipe itself: its result follows
@@ -126,8 +171,17 @@ fn publish(
     // fails this job, as without a ring. A task too quick for any system call
     // cannot have written, and is spared the check (a system call itself).
     let foreign = could_write && ring.pipe_has_foreign_bytes(pipe.file.as_fd(), pipe.written);
+    let mut free = results.filter(|r| r.is_free(ring));
+    let large = out.len() >= region::USE_FROM && !foreign;
+    let in_region = free.as_mut().filter(|r| large && r.region.fits(out.len()));
     if out.len() <= SLOT_BYTES && !foreign {
         ring.publish(out)?;
+    } else if let Some(results) = in_region {
+        results.region.put(out)?;
+        let mut entry = Vec::with_capacity(32);
+        wire::encode_result_in_region(&mut entry, seq, out.len() as u64);
+        results.entry = Some(ring.publish(&entry)?);
+        free = None;
     } else {
         // Whole on the pipe before the entry appears: the parent that sees
         // the entry finds the frame complete.
@@ -135,6 +189,10 @@ fn publish(
         let mut entry = Vec::with_capacity(16);
         wire::encode_on_pipe(&mut entry, seq);
         ring.publish(&entry)?;
+    }
+    // Free and left unused by this result: its memory may go back.
+    if let Some(results) = free {
+        results.note_unused(ring);
     }
     if ring.must_wake() {
         pipe.write_all(&wire::DOORBELL)?;
@@ -195,7 +253,10 @@ struct JobRef {
     func: u64,
     trampoline: u64,
     frame_start: usize,
+    /// Where the argument bytes are: in `inbuf`, or (`in_region`) in the
+    /// job region.
     args: Range<usize>,
+    in_region: bool,
 }
 
 struct Runner {
@@ -206,6 +267,10 @@ struct Runner {
     /// Where the queue's jobs' results go, if the launcher gave this worker
     /// one (see [`crate::ring`]).
     ring: Option<Ring>,
+    /// Where large job frames arrive, and large results of the queue's jobs
+    /// go, if the launcher gave this worker regions (see [`crate::region`]).
+    job_region: Option<Region>,
+    result_region: Option<ResultRegion>,
     /// Bytes read from the parent; `..parsed` holds whole frames.
     inbuf: Vec<u8>,
     parsed: usize,
@@ -222,6 +287,34 @@ struct Runner {
     last_drain: std::time::Instant,
     /// A job that ran for less made no system call (see `publish`).
     syscall_nanos: u64,
+}
+
+/// The [`JobRef`] of a decoded `JOB` message whose body ends at `body_end`
+/// (in `inbuf`, or in the job region when `in_region`).
+fn job_ref(
+    message: ToWorker<'_>,
+    frame_start: usize,
+    body_end: usize,
+    in_region: bool,
+) -> Result<JobRef, FrameError> {
+    match message {
+        ToWorker::Job {
+            seq,
+            func,
+            trampoline,
+            args,
+            route,
+        } => Ok(JobRef {
+            seq,
+            route,
+            func,
+            trampoline,
+            frame_start,
+            args: body_end - args.len()..body_end,
+            in_region,
+        }),
+        _ => Err(FrameError::Malformed("not a job")),
+    }
 }
 
 /// How often a busy worker looks for new frames between jobs.
@@ -251,7 +344,12 @@ impl Runner {
             // and copies.
             crate::buffer::reserve(&mut self.out, job.args.len() + RESULT_HEADER_ROOM);
             wire::begin_result(&mut self.out, job.seq, Status::Ok);
-            let args = &self.inbuf[job.args.clone()];
+            let args = match (&self.job_region, job.in_region) {
+                (Some(region), true) => {
+                    &region.get(job.args.end as u64).map_err(io::Error::other)?[job.args.clone()]
+                }
+                _ => &self.inbuf[job.args.clone()],
+            };
             // A direct job's caller reads only the reply stream: what the task
             // sends "to the parent" (the protocol-fault test hooks) goes there.
             let direct = match &self.reply {
@@ -297,10 +395,17 @@ impl Runner {
             let next = self.jobs.front().map_or(0, |j| j.seq);
             wire::finish_result(&mut self.out, next, self.seen, nanos);
             match (&mut self.reply, &self.ring, job.route) {
-                (Some(reply), _, Route::Reply) => pipe_io::write_all(&*reply, &self.out)?,
+                (Some(reply), ring, Route::Reply) => {
+                    pipe_io::write_all(&*reply, &self.out)?;
+                    if let (Some(results), Some(ring)) = (&mut self.result_region, ring) {
+                        results.note_unused(ring);
+                    }
+                }
                 (_, Some(ring), Route::Ring) => {
                     let could_write = nanos >= self.syscall_nanos;
-                    publish(ring, &mut self.output, &self.out, job.seq, could_write)?
+                    let results = self.result_region.as_mut();
+                    let out = (&self.out[..], job.seq);
+                    publish(ring, &mut self.output, results, out, could_write)?
                 }
                 _ => self.output.write_all(&self.out)?,
             }
@@ -360,29 +465,42 @@ impl Runner {
             let frame_start = self.parsed;
             let body = frame_start + body.start..frame_start + body.end;
             match ToWorker::decode(&self.inbuf[body.clone()])? {
-                ToWorker::Job {
-                    seq,
-                    func,
-                    trampoline,
-                    args,
-                    route,
-                } => {
-                    let args_start = body.end - args.len();
-                    self.seen = self.seen.max(seq);
-                    self.jobs.push_back(JobRef {
-                        seq,
-                        route,
-                        func,
-                        trampoline,
-                        frame_start,
-                        args: args_start..body.end,
-                    });
+                job @ ToWorker::Job { .. } => {
+                    let job = job_ref(job, frame_start, body.end, false)?;
+                    self.push_job(job);
                 }
                 ToWorker::Cancel { seq } => self.jobs.retain(|j| j.seq != seq),
+                ToWorker::InRegion { len } => {
+                    let job = self.job_from_region(len, frame_start)?;
+                    self.push_job(job);
+                }
             }
             self.parsed += used;
         }
         Ok(())
+    }
+
+    fn push_job(&mut self, job: JobRef) {
+        self.seen = self.seen.max(job.seq);
+        self.jobs.push_back(job);
+    }
+
+    /// The job whose frame the job region holds (its first `len` bytes), for
+    /// the notice at `frame_start` of `inbuf`.
+    fn job_from_region(&self, len: u64, frame_start: usize) -> Result<JobRef, FrameError> {
+        let region = (self.job_region.as_ref()).ok_or(FrameError::Malformed("no job region"))?;
+        // The parent writes the region again only after its last job ran.
+        if self.jobs.iter().any(|j| j.in_region) {
+            return Err(FrameError::Malformed("a second job in the job region"));
+        }
+        let bytes = (region.get(len)).map_err(|_| FrameError::Malformed("job region overrun"))?;
+        match wire::split_frame(bytes, self.max_frame)? {
+            Some((body, used)) if used == bytes.len() => {
+                let job = ToWorker::decode(&bytes[body.clone()])?;
+                job_ref(job, frame_start, body.end, true)
+            }
+            _ => Err(FrameError::Malformed("the job region holds no whole frame")),
+        }
     }
 
     /// Drops consumed bytes from the front of `inbuf` when that is cheap.
@@ -416,6 +534,8 @@ mod tests {
             },
             reply: None,
             ring: None,
+            job_region: None,
+            result_region: None,
             inbuf: Vec::new(),
             parsed: 0,
             jobs: VecDeque::new(),

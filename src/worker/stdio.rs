@@ -104,7 +104,9 @@ fn serve(expected: u64, identity: u64, max_frame: u64) -> i32 {
         reply: -1,
         lifeline: -1, // watched above
         ring: -1,     // results cross the network
-        identity,     // checked by the runner as for a local worker
+        job_region: -1,
+        result_region: -1,
+        identity, // checked by the runner as for a local worker
         max_frame,
     };
     runner::serve(spec)

@@ -231,3 +231,40 @@ pub fn run_sequentially(tests: &[(&str, &dyn Fn())]) {
         std::process::exit(1);
     }
 }
+
+/// The number of descriptors (Windows: handles) this process has open.
+#[cfg(unix)]
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[cfg(windows)]
+pub fn open_fds() -> usize {
+    handle_count()
+}
+
+/// (running, zombie) children of this process.
+#[cfg(unix)]
+pub fn children() -> (Vec<u32>, Vec<u32>) {
+    let me = std::process::id();
+    let (mut live, mut zombies) = (vec![], vec![]);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if parent_of(pid) == Some(me) {
+            match proc_state(pid) {
+                Some('Z') => zombies.push(pid),
+                Some(_) => live.push(pid),
+                None => {}
+            }
+        }
+    }
+    (live, zombies)
+}
+
+/// (running, zombie) children of this process; Windows has no zombies.
+#[cfg(windows)]
+pub fn children() -> (Vec<u32>, Vec<u32>) {
+    (child_pids(), vec![])
+}

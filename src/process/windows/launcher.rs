@@ -86,6 +86,8 @@ impl Launcher for LocalLauncher {
             reply: -1,
             lifeline: -1,
             ring: -1,
+            job_region: -1,
+            result_region: -1,
             identity: spec.identity,
             max_frame: spec.max_frame,
         }
