@@ -20,11 +20,15 @@
 //!   region is busy, a frame takes the pipe as before.
 //! - The files are memfds sealed against shrinking, so a reader that checked
 //!   a length against the file's size can never fault on it, whatever the
-//!   other side does to the file afterwards. Each side maps the largest frame
-//!   the pool allows once, so a file that grows is never mapped again.
-//! - What a worker wrote is untrusted, like its pipe bytes: the parent checks
-//!   the announced length against the file's size and the frame limit, and
-//!   splits and decodes the frame like one from the pipe.
+//!   other side does to the file afterwards. A side that maps a region maps
+//!   the largest frame it may carry once (the pool's frame limit, at most
+//!   [`MAX_MAPPED`]; larger frames take the pipe), so a file that grows is
+//!   never mapped again.
+//! - What a worker wrote is untrusted, like its pipe bytes: the parent does
+//!   not map the result region at all, but reads the announced length out of
+//!   the file into a buffer of its own (a task's stray thread may still be
+//!   writing the memory, and a decoder must not read bytes that change under
+//!   it), then splits and decodes the frame like one from the pipe.
 //! - Memory: the writer keeps the pages while large frames keep coming
 //!   (faulting in fresh memory costs more than the copy itself), and punches
 //!   them out after [`PATIENCE`] jobs without one; reads then see zeros.
@@ -41,6 +45,9 @@ use std::ptr::NonNull;
 /// ones cross the pipe in one piece, which is as cheap.
 pub(crate) const USE_FROM: usize = 256 * 1024;
 
+/// The most address space a mapping reserves.
+pub(crate) const MAX_MAPPED: u64 = 256 << 20;
+
 /// Jobs in a row without a region frame after which its memory is given
 /// back.
 pub(crate) const PATIENCE: u32 = 8;
@@ -52,8 +59,9 @@ const GROW_STEP: u64 = 2 << 20;
 /// One side's mapping of a region.
 pub(crate) struct Region {
     fd: OwnedFd,
-    map: NonNull<u8>,
-    /// Bytes of address space mapped: no frame may be longer.
+    /// `None` on a side that only reads through [`Region::read_into`].
+    map: Option<NonNull<u8>>,
+    /// The longest frame the region carries (the bytes mapped, if mapped).
     reserved: usize,
     /// Jobs since the writer last put a frame here.
     unused: u32,
@@ -68,9 +76,9 @@ unsafe impl Sync for Region {}
 
 impl Region {
     /// Creates an empty region for frames of up to `max_frame` body bytes
-    /// (the parent's side).
+    /// (the parent's side), mapped if `mapped`.
     #[cfg(all(target_os = "linux", not(procpool_portable)))]
-    pub(crate) fn create(max_frame: u64) -> io::Result<Region> {
+    pub(crate) fn create(max_frame: u64, mapped: bool) -> io::Result<Region> {
         use rustix::fs::{MemfdFlags, SealFlags};
         let fd = rustix::fs::memfd_create(
             "procpool-frames",
@@ -79,35 +87,30 @@ impl Region {
         // Growing stays allowed (the writer grows it); shrinking, which would
         // fault the other side's reads, never is.
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
-        Region::open(fd, max_frame)
+        Region::with_fd(fd, max_frame, mapped)
     }
 
     /// Regions need a file the other side cannot shrink: Linux only.
     #[cfg(not(all(target_os = "linux", not(procpool_portable))))]
-    pub(crate) fn create(_max_frame: u64) -> io::Result<Region> {
+    pub(crate) fn create(_max_frame: u64, _mapped: bool) -> io::Result<Region> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    /// Maps a region whose descriptor the other side passed.
+    /// Maps a region whose descriptor the parent passed (the worker's side).
     pub(crate) fn open(fd: OwnedFd, max_frame: u64) -> io::Result<Region> {
-        use rustix::mm::{MapFlags, ProtFlags};
+        Region::with_fd(fd, max_frame, true)
+    }
+
+    fn with_fd(fd: OwnedFd, max_frame: u64, mapped: bool) -> io::Result<Region> {
         let page = rustix::param::page_size() as u64;
-        let reserved = (max_frame + crate::wire::LEN_PREFIX as u64).next_multiple_of(page);
-        let reserved = usize::try_from(reserved).map_err(|_| io::Error::other("too large"))?;
-        // SAFETY: a fresh shared mapping of `fd`; nothing else in this process
-        // refers to that address range. Pages past the file's end are never
-        // touched (every access is checked against the file's size first).
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                reserved,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
-                &fd,
-                0,
-            )?
+        let longest = (max_frame + crate::wire::LEN_PREFIX as u64).min(MAX_MAPPED);
+        let reserved = usize::try_from(longest.next_multiple_of(page))
+            .map_err(|_| io::Error::other("region too large"))?;
+        let map = if mapped {
+            Some(map_shared(&fd, reserved)?)
+        } else {
+            None
         };
-        let map = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         Ok(Region {
             fd,
             map,
@@ -145,30 +148,61 @@ impl Region {
             rustix::fs::ftruncate(&self.fd, grown)?;
         }
         self.unused = 0;
+        let map = self
+            .map
+            .ok_or_else(|| io::Error::other("region not mapped"))?;
         // SAFETY: the file holds at least `len` bytes (checked or grown just
         // above, and it cannot shrink), all inside the mapping (`fits`); the
         // other side reads them only after the notice that follows.
-        let dest = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), frame.len()) };
+        let dest = unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), frame.len()) };
         dest.copy_from_slice(frame);
         Ok(dest)
     }
 
-    /// The reader: the region's first `len` bytes, once checked to lie within
-    /// the file and the mapping.
+    /// The worker, reading what the parent put: the region's first `len`
+    /// bytes, once checked to lie within the file and the mapping.
     pub(crate) fn get(&self, len: u64) -> Result<&[u8], String> {
         let size = self.file_size().map_err(|e| e.to_string())?;
-        if len > size || !self.fits(len as usize) {
-            return Err(format!(
-                "a frame of {len} bytes announced in a region of {size}"
-            ));
-        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l as u64 <= size && self.fits(l));
+        let (Some(len), Some(map)) = (len, self.map) else {
+            return Err(format!("a frame announced beyond a region of {size} bytes"));
+        };
         // SAFETY: the file holds these bytes and cannot shrink (sealed), so
-        // no access faults; they lie inside the mapping (`fits`). The writer
-        // leaves them alone until this side says it is done (the module's
-        // rules); a process breaking that rule can only change the bytes
-        // under the decoder, which checks every length against this slice
-        // and refuses what does not parse.
-        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr(), len as usize) })
+        // no access faults; they lie inside the mapping (`fits`). Only the
+        // parent, trusted, writes them, and not until this worker is done
+        // with them (the module's rules); anything else writing them is a
+        // task of this very process, which can corrupt its memory anyway.
+        Ok(unsafe { std::slice::from_raw_parts(map.as_ptr(), len) })
+    }
+
+    /// The parent, reading what a worker put: copies the region's first
+    /// `len` bytes into `buf` (replacing its contents) through the file, so
+    /// bytes a worker changes meanwhile can make the copy garbage, which
+    /// decoding refuses, but never change under a reader.
+    pub(crate) fn read_into(&self, len: u64, buf: &mut Vec<u8>) -> Result<(), String> {
+        let len = usize::try_from(len).ok().filter(|&l| self.fits(l));
+        let Some(len) = len else {
+            return Err("a frame announced beyond the region's limit".into());
+        };
+        buf.clear();
+        crate::buffer::reserve(buf, len);
+        while buf.len() < len {
+            let at = buf.len();
+            let spare = &mut buf.spare_capacity_mut()[..len - at];
+            match rustix::io::pread(&self.fd, spare, at as u64) {
+                Ok((filled, _)) if !filled.is_empty() => {
+                    let n = filled.len();
+                    // SAFETY: `pread` initialised the first `n` spare bytes.
+                    unsafe { buf.set_len(at + n) }
+                }
+                Ok(_) => return Err("a frame announced beyond the region's end".into()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
     }
 
     /// The writer, after a job that put no frame here while the region was
@@ -194,11 +228,38 @@ impl Region {
     fn release(&mut self) {}
 }
 
+/// A shared mapping of `len` bytes of `fd` (which may be shorter: only the
+/// bytes the file holds are ever touched).
+fn map_shared(fd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // Address space only: no memory is committed for it.
+    #[cfg(target_os = "linux")]
+    let flags = MapFlags::SHARED | MapFlags::NORESERVE;
+    #[cfg(not(target_os = "linux"))]
+    let flags = MapFlags::SHARED;
+    // SAFETY: a fresh shared mapping of `fd`; nothing else in this process
+    // refers to that address range. Pages past the file's end are never
+    // touched (every access is checked against the file's size first).
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            flags,
+            fd,
+            0,
+        )?
+    };
+    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: `map` and `reserved` are the mapping made in `open`,
-        // unmapped once, here; no reference into it outlives `self`.
-        let _ = unsafe { rustix::mm::munmap(self.map.as_ptr().cast(), self.reserved) };
+        if let Some(map) = self.map {
+            // SAFETY: `map` and `reserved` are the mapping made in `with_fd`,
+            // unmapped once, here; no reference into it outlives `self`.
+            let _ = unsafe { rustix::mm::munmap(map.as_ptr().cast(), self.reserved) };
+        }
     }
 }
 
@@ -207,7 +268,7 @@ mod tests {
     use super::*;
 
     fn pair(max: u64) -> (Region, Region) {
-        let writer = Region::create(max).unwrap();
+        let writer = Region::create(max, true).unwrap();
         let fd = writer.fd().try_clone_to_owned().unwrap();
         (writer, Region::open(fd, max).unwrap())
     }
@@ -237,6 +298,14 @@ mod tests {
             writer.put(&vec![0; (2 << 20) + 1]).is_err(),
             "over the limit"
         );
+        // The parent's reading through the file checks the same.
+        let mut buf = Vec::new();
+        assert!(writer.read_into(u64::MAX, &mut buf).is_err());
+        assert!(writer
+            .read_into(reader.reserved as u64 + 1, &mut buf)
+            .is_err());
+        writer.read_into(1000, &mut buf).unwrap();
+        assert_eq!(buf, [1; 1000]);
     }
 
     #[test]

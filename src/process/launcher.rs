@@ -60,9 +60,11 @@ impl Regions {
     /// Both regions, where the platform has them.
     fn create(max_frame: u64) -> Option<Regions> {
         use crate::region::Region;
+        // The parent writes jobs in place; it reads results through the
+        // file (see `crate::region`), so it maps only the job region.
         Some(Regions {
-            jobs: Region::create(max_frame).ok()?,
-            results: Region::create(max_frame).ok()?,
+            jobs: Region::create(max_frame, true).ok()?,
+            results: Region::create(max_frame, false).ok()?,
         })
     }
 }

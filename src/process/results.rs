@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 
 use super::ctx::PoolCtx;
 use super::worker::{InFlight, Worker};
+use crate::region::Region;
 use crate::ring::{Ring, SLOT_BYTES};
 use crate::stats::Counters;
 use crate::wire::{self, FromWorker};
@@ -50,10 +51,17 @@ impl Worker {
         read_available(&self.rx, &mut self.inbuf);
         self.pipe_read_done();
         let held = self.inbuf.len();
+        // Results in the result region are read out into this copy (kept
+        // while large results keep coming).
+        let mut copy = std::mem::take(&mut self.region_copy);
+        copy.0.clear();
         let (pos, outcome) = match (&self.ring, bounds) {
-            (Some(ring), Some(bounds)) => self.take_ringed(ring, bounds, ctx, inflight),
+            (Some(ring), Some(bounds)) => self.take_ringed(ring, bounds, ctx, inflight, &mut copy),
             _ => self.take_piped(ctx, inflight),
         };
+        let used = copy.0.len();
+        copy.1.after_use(&mut copy.0, used);
+        self.region_copy = copy;
         self.inbuf.drain(..pos);
         self.pipe_taken += pos as u64;
         // A frame still arriving counts as a large use: its buffer is kept.
@@ -86,6 +94,7 @@ impl Worker {
         bounds: Result<(u64, u64), &'static str>,
         ctx: &PoolCtx,
         inflight: &mut VecDeque<InFlight>,
+        copy: &mut RegionCopy,
     ) -> (usize, Result<(), String>) {
         let max = ctx.config.max_frame;
         let mut pos = 0;
@@ -119,12 +128,14 @@ impl Worker {
                     // Blame `seq`: jobs before it can only have been skipped.
                     let _ = pop_skipped(ctx, inflight, |s| s < seq);
                 }),
-                Ok(FromWorker::InRegion { seq, len }) => self
-                    .take_from_region(seq, len, ctx)
-                    .and_then(|message| self.settle(ctx, inflight, message))
-                    .inspect_err(|_| {
-                        let _ = pop_skipped(ctx, inflight, |s| s < seq);
-                    }),
+                Ok(FromWorker::InRegion { seq, len }) => {
+                    let region = self.result_region.as_ref();
+                    Self::from_region(region, (seq, len), ctx, &mut copy.0)
+                        .and_then(|message| self.settle(ctx, inflight, message))
+                        .inspect_err(|_| {
+                            let _ = pop_skipped(ctx, inflight, |s| s < seq);
+                        })
+                }
                 Ok(_) => Err("unexpected message in the result ring".into()),
                 Err(e) => Err(e),
             };
@@ -140,14 +151,15 @@ impl Worker {
     /// The result of job `seq` that a `RESULT_IN_REGION` entry announces:
     /// the result region's first `len` bytes, which must be exactly that
     /// result's frame.
-    fn take_from_region(
-        &self,
-        seq: u64,
-        len: u64,
+    fn from_region<'b>(
+        region: Option<&Region>,
+        (seq, len): (u64, u64),
         ctx: &PoolCtx,
-    ) -> Result<FromWorker<'_>, String> {
-        let region = (self.result_region.as_ref()).ok_or("a result region this worker lacks")?;
-        let bytes = region.get(len)?;
+        copy: &'b mut Vec<u8>,
+    ) -> Result<FromWorker<'b>, String> {
+        let region = region.ok_or("a result region this worker lacks")?;
+        region.read_into(len, copy)?;
+        let bytes = &copy[..];
         match wire::split_frame(bytes, ctx.config.max_frame) {
             Ok(Some((body, used))) if used == bytes.len() => {
                 match FromWorker::decode(&bytes[body]) {
@@ -215,6 +227,10 @@ impl Worker {
         }
     }
 }
+
+/// The parent's copy of a result read out of the result region, and what
+/// releases it once large results stop coming.
+pub(crate) type RegionCopy = (Vec<u8>, crate::buffer::Keeper);
 
 /// Most bytes [`read_available`] takes in one call: a worker (or a task)
 /// writing without end cannot keep the supervisor reading.

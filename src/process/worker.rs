@@ -59,6 +59,8 @@ pub(crate) struct Worker {
     /// Where large results of the queue's jobs come from, if the worker has
     /// regions.
     pub(crate) result_region: Option<Region>,
+    /// Results read out of the result region (see [`super::results`]).
+    pub(crate) region_copy: super::results::RegionCopy,
     pub(crate) inbuf: Vec<u8>,
     /// Bytes of the result pipe taken out of `inbuf` so far.
     pub(crate) pipe_taken: u64,
@@ -133,6 +135,7 @@ impl Worker {
             ring,
             job_region,
             result_region,
+            region_copy: Default::default(),
             inbuf: Vec::with_capacity(64 * 1024),
             pipe_taken: 0,
             keeper: Default::default(),

@@ -513,7 +513,10 @@ impl Runner {
         self.parsed -= keep_from;
         for job in &mut self.jobs {
             job.frame_start -= keep_from;
-            job.args = job.args.start - keep_from..job.args.end - keep_from;
+            // (A job region's arguments stay where they are.)
+            if !job.in_region {
+                job.args = job.args.start - keep_from..job.args.end - keep_from;
+            }
         }
         self.in_keeper.after_use(&mut self.inbuf, keep_from);
     }
@@ -588,5 +591,29 @@ mod tests {
         assert_eq!(job.seq, 3);
         assert_eq!(job.frame_start, 0);
         assert_eq!(&r.inbuf[job.args.clone()], &[3u8; 100][..]);
+    }
+
+    #[cfg(all(target_os = "linux", not(procpool_portable)))]
+    #[test]
+    fn compaction_leaves_a_region_jobs_arguments_alone() {
+        let max = 1 << 20;
+        let mut parent = Region::create(max, true).unwrap();
+        let fd = parent.fd().try_clone_to_owned().unwrap();
+        let mut r = runner(max);
+        r.job_region = Some(Region::open(fd, max).unwrap());
+        // A small job on the pipe, then a large one in the region.
+        wire::encode_job(&mut r.inbuf, 1, 0, 0, &[1u8; 100]);
+        let mut large = Vec::new();
+        wire::encode_job(&mut large, 2, 0, 0, &[2u8; 300_000]);
+        parent.put(&large).unwrap();
+        wire::encode_job_in_region(&mut r.inbuf, large.len() as u64);
+        r.parse().unwrap();
+        r.jobs.pop_front(); // the small one ran
+        r.compact();
+        let job = r.jobs.front().unwrap();
+        assert!(job.in_region);
+        let region = r.job_region.as_ref().unwrap();
+        let args = &region.get(job.args.end as u64).unwrap()[job.args.clone()];
+        assert_eq!(args, &[2u8; 300_000][..]);
     }
 }
