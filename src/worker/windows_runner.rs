@@ -174,6 +174,8 @@ fn parse(
                 });
             }
             ToWorker::Cancel { seq } => jobs.retain(|j| j.seq != seq),
+            // Windows workers have no regions: every frame is on the pipe.
+            ToWorker::InRegion { .. } => return Err(FrameError::Malformed("no job region")),
         }
         pos += used;
     }
