@@ -176,8 +176,8 @@ fn publish(
     let in_region = free.as_mut().filter(|r| large && r.region.fits(out.len()));
     if out.len() <= SLOT_BYTES && !foreign {
         ring.publish(out)?;
-    } else if let Some(results) = in_region {
-        results.region.put(out)?;
+    } else if let Some(results) = in_region.and_then(|r| r.region.put(out).is_ok().then_some(r)) {
+        // (A region that cannot grow leaves the frame to the pipe.)
         let mut entry = Vec::with_capacity(32);
         wire::encode_result_in_region(&mut entry, seq, out.len() as u64);
         results.entry = Some(ring.publish(&entry)?);
