@@ -1,6 +1,7 @@
 //! Chaos soak and load: many concurrent callers, a random mix of normal tasks,
-//! panics, timeouts, dropped handles, dropped map streams and blocking
-//! callers, while a killer thread SIGKILLs random workers.
+//! panics, timeouts, dropped handles, dropped map streams, blocking callers
+//! and large arguments and results (0.25 to 2.25 MiB, through the shared
+//! memory regions on Linux), while a killer thread SIGKILLs random workers.
 //!
 //! Checks: every handle resolves; every success carries the right value; no
 //! task removed from the queue ever runs; a global deadline proves nothing
@@ -23,6 +24,7 @@ use common::wait_until;
 use futures::StreamExt;
 use procpool::{ProcessPool, TaskError, ThreadPool};
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 const LOG_ENV: &str = "PROCPOOL_CHAOS_LOG";
 /// Map items get ids from here on, so they never collide with task ids.
@@ -37,6 +39,34 @@ enum Work {
 
 /// Records that task `id` ran (in whichever process runs it), then does `work`.
 fn chaos_task((id, work): (u64, Work)) -> u64 {
+    log_ran(id);
+    match work {
+        Work::Value => id * 3,
+        Work::Panic => panic!("chaos panic {id}"),
+        Work::SleepMs(ms) => {
+            std::thread::sleep(Duration::from_millis(ms));
+            id * 3
+        }
+    }
+}
+
+/// A large argument and result (in shared memory on Linux), reversed.
+fn chaos_large((id, bytes): (u64, ByteBuf)) -> ByteBuf {
+    log_ran(id);
+    let mut v = bytes.into_vec();
+    v.reverse();
+    ByteBuf::from(v)
+}
+
+/// The bytes task `id` sends with [`chaos_large`].
+fn large_payload(id: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 ^ id).wrapping_mul(7) as u8)
+        .collect()
+}
+
+/// Appends `id` to the log of tasks that ran, if one is kept.
+fn log_ran(id: u64) {
     static LOG: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
     if let Ok(path) = std::env::var(LOG_ENV) {
         let log = LOG.get_or_init(|| {
@@ -50,14 +80,6 @@ fn chaos_task((id, work): (u64, Work)) -> u64 {
         });
         // One write per line: appends from several processes never interleave.
         let _ = log.lock().unwrap().write_all(format!("{id}\n").as_bytes());
-    }
-    match work {
-        Work::Value => id * 3,
-        Work::Panic => panic!("chaos panic {id}"),
-        Work::SleepMs(ms) => {
-            std::thread::sleep(Duration::from_millis(ms));
-            id * 3
-        }
     }
 }
 
@@ -197,6 +219,17 @@ async fn caller(pool: ProcessPool, tally: Arc<Tally>, seed: u64, ids: std::ops::
                 }
                 drop(stream);
                 Tally::bump(&tally.streams_dropped);
+            }
+            90..=91 => {
+                let len = 256 * 1024 + rng.below(2 << 20) as usize;
+                let sent = large_payload(id, len);
+                let task = pool.spawn(chaos_large, (id, ByteBuf::from(sent.clone())));
+                match task.await {
+                    Ok(back) if back.iter().rev().eq(sent.iter()) => Tally::bump(&tally.ok),
+                    Ok(_) => tally.violation(format!("task {id}: large value came back wrong")),
+                    Err(TaskError::WorkerDied { .. }) => Tally::bump(&tally.worker_died),
+                    Err(e) => tally.violation(format!("task {id}: unexpected {e:?}")),
+                }
             }
             _ => {
                 let pool = pool.clone();
