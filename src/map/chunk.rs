@@ -11,13 +11,123 @@ use crate::{panic_info, ProcessPool, Task, TaskError, ThreadPool};
 /// What a chunk sends back: the values of the items that returned, in order,
 /// and the panics of those that did not.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "", deserialize = "R: DeserializeOwned"))]
 pub(crate) struct ChunkOutput<R> {
-    pub(crate) values: Vec<R>,
+    pub(crate) values: Values<R>,
     pub(crate) panics: Vec<ItemPanic>,
     /// Time spent running the items, in nanoseconds: feeds the chunk sizer.
     pub(crate) nanos: u64,
     /// Pid of the worker process; 0 on a thread pool.
     pub(crate) pid: u32,
+}
+
+/// A chunk's values.
+///
+/// A process worker encodes each value the moment its item returns and drops
+/// it (so its memory is reused at once), and the parent keeps the encoded
+/// values as one buffer: the supervisor only copies the bytes, and the values
+/// are decoded one at a time on the thread that consumes the map, as it
+/// yields them. The supervisor is then free to send the worker its next chunk
+/// at once, and no `Vec` of decoded values is built and moved.
+pub(crate) enum Values<R> {
+    /// Values as they are (a thread pool's chunk).
+    Plain(Vec<R>),
+    /// `count` values, each encoded as MessagePack, back to back.
+    Encoded {
+        bytes: Vec<u8>,
+        count: u32,
+        /// Decodes one value from the front of the slice, advancing it; set by
+        /// `Deserialize`, which knows `R`.
+        decode: Option<DecodeOne<R>>,
+    },
+    /// A value could not be encoded (worker side): the chunk fails with this
+    /// message as an encoding error, as if its output had failed to encode.
+    EncodeFailed(String),
+}
+
+/// Decodes one value from the front of `bytes`, advancing it past the value.
+type DecodeOne<R> = fn(&mut &[u8]) -> Result<R, String>;
+
+fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, String> {
+    R::deserialize(&mut rmp_serde::Deserializer::new(bytes)).map_err(|e| e.to_string())
+}
+
+/// Skips one encoded value at the front of `bytes`.
+fn skip_one(bytes: &mut &[u8]) -> Result<(), String> {
+    <serde::de::IgnoredAny as Deserialize>::deserialize(&mut rmp_serde::Deserializer::new(bytes))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+impl<R> std::fmt::Debug for Values<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Values::Plain(v) => write!(f, "Plain({} values)", v.len()),
+            Values::Encoded { bytes, count, .. } => {
+                write!(f, "Encoded({count} values, {} bytes)", bytes.len())
+            }
+            Values::EncodeFailed(why) => write!(f, "EncodeFailed({why:?})"),
+        }
+    }
+}
+
+/// On the wire: `(bytes, count)`. Only encoded values travel.
+impl<R> Serialize for Values<R> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeTuple};
+        match self {
+            Values::Encoded { bytes, count, .. } => {
+                let mut t = serializer.serialize_tuple(2)?;
+                t.serialize_element(&Bytes(bytes))?;
+                t.serialize_element(count)?;
+                t.end()
+            }
+            Values::EncodeFailed(why) => Err(S::Error::custom(why)),
+            Values::Plain(_) => Err(S::Error::custom("a thread pool's chunk is not sent")),
+        }
+    }
+}
+
+impl<'de, R: DeserializeOwned> Deserialize<'de> for Values<R> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (ByteVec(bytes), count) = <(ByteVec, u32)>::deserialize(deserializer)?;
+        Ok(Values::Encoded {
+            bytes,
+            count,
+            decode: Some(decode_one::<R>),
+        })
+    }
+}
+
+/// Serialises a byte slice as MessagePack `bin` (one copy, no per-byte work).
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// Deserialises MessagePack `bin` into an owned buffer.
+struct ByteVec(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteVec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ByteVec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteVec, E> {
+                Ok(ByteVec(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteVec, E> {
+                Ok(ByteVec(v))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
 }
 
 /// One item's panic, by its position in the chunk.
@@ -33,7 +143,7 @@ pub(crate) struct ItemPanic {
 pub(crate) enum Segment<R> {
     /// A chunk's output: values in order, with panics at their positions.
     Output {
-        values: std::vec::IntoIter<R>,
+        values: ValueIter<R>,
         panics: std::vec::IntoIter<ItemPanic>,
         next_panic: Option<ItemPanic>,
         index: u32,
@@ -43,11 +153,96 @@ pub(crate) enum Segment<R> {
     Failed { error: TaskError, remaining: usize },
 }
 
+/// The values of a chunk, handed out (and decoded, if encoded) one by one.
+pub(crate) enum ValueIter<R> {
+    Plain(std::vec::IntoIter<R>),
+    Encoded {
+        bytes: Vec<u8>,
+        at: usize,
+        left: usize,
+        decode: DecodeOne<R>,
+    },
+}
+
+impl<R> ValueIter<R> {
+    fn new(values: Values<R>) -> Self {
+        match values {
+            Values::Plain(v) => ValueIter::Plain(v.into_iter()),
+            Values::Encoded {
+                bytes,
+                count,
+                decode: Some(decode),
+            } => ValueIter::Encoded {
+                bytes,
+                at: 0,
+                left: count as usize,
+                decode,
+            },
+            // (Never yielded: a worker sends neither.)
+            Values::Encoded { decode: None, .. } | Values::EncodeFailed(_) => {
+                ValueIter::Plain(Vec::new().into_iter())
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ValueIter::Plain(v) => v.len(),
+            ValueIter::Encoded { left, .. } => *left,
+        }
+    }
+
+    /// The next value. A value that fails to decode (or whose `Deserialize`
+    /// panics) is an error for its item alone: the others still decode.
+    fn next(&mut self) -> Option<Result<R, TaskError>> {
+        match self {
+            ValueIter::Plain(v) => v.next().map(Ok),
+            ValueIter::Encoded {
+                bytes,
+                at,
+                left,
+                decode,
+            } => {
+                if *left == 0 {
+                    return None;
+                }
+                *left -= 1;
+                let mut rest = &bytes[*at..];
+                let decoded =
+                    crate::panic_info::catch(|| decode(&mut rest)).unwrap_or_else(|caught| {
+                        Err(format!(
+                            "the result's Deserialize panicked: {}",
+                            caught.message
+                        ))
+                    });
+                let decoded = match decoded {
+                    Ok(value) => Ok(value),
+                    Err(message) => {
+                        // Find the next value's start from this one's.
+                        rest = &bytes[*at..];
+                        if skip_one(&mut rest).is_err() {
+                            // Cannot find the next value: the rest fail too.
+                            rest = &[];
+                            *left = 0;
+                        }
+                        Err(TaskError::Serialization {
+                            stage: crate::CodecStage::DecodeResult,
+                            message,
+                        })
+                    }
+                };
+                *at = bytes.len() - rest.len();
+                Some(decoded)
+            }
+        }
+    }
+}
+
 impl<R> Segment<R> {
     pub(crate) fn output(output: ChunkOutput<R>) -> Self {
         let mut panics = output.panics.into_iter();
         Segment::Output {
-            values: output.values.into_iter(),
+            values: ValueIter::new(output.values),
             next_panic: panics.next(),
             panics,
             index: 0,
@@ -90,7 +285,7 @@ impl<R> Iterator for Segment<R> {
                         pid: *pid,
                     }));
                 }
-                values.next().map(Ok)
+                values.next()
             }
             Segment::Failed { error, remaining } => {
                 if *remaining == 0 {
@@ -104,14 +299,16 @@ impl<R> Iterator for Segment<R> {
 }
 
 /// Runs `f` over `items`, catching each item's panic on its own so the other
-/// items of the chunk still produce their values.
-pub(crate) fn run_items<A, R>(f: fn(A) -> R, items: Vec<A>, pid: u32) -> ChunkOutput<R> {
-    let started = Instant::now();
-    let mut values = Vec::with_capacity(items.len());
+/// items of the chunk still produce their values; `keep` stores each value.
+fn run_each<A, R>(
+    f: fn(A) -> R,
+    items: Vec<A>,
+    mut keep: impl FnMut(R) -> Result<(), String>,
+) -> Result<Vec<ItemPanic>, String> {
     let mut panics = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match panic_info::catch(|| f(item)) {
-            Ok(v) => values.push(v),
+            Ok(v) => keep(v)?,
             Err(p) => panics.push(ItemPanic {
                 index: index as u32,
                 message: p.message,
@@ -119,8 +316,20 @@ pub(crate) fn run_items<A, R>(f: fn(A) -> R, items: Vec<A>, pid: u32) -> ChunkOu
             }),
         }
     }
+    Ok(panics)
+}
+
+/// Runs `f` over `items` on a thread pool.
+pub(crate) fn run_items<A, R>(f: fn(A) -> R, items: Vec<A>, pid: u32) -> ChunkOutput<R> {
+    let started = Instant::now();
+    let mut values = Vec::with_capacity(items.len());
+    let panics = run_each(f, items, |v| {
+        values.push(v);
+        Ok(())
+    })
+    .expect("keeping a value cannot fail");
     ChunkOutput {
-        values,
+        values: Values::Plain(values),
         panics,
         nanos: started.elapsed().as_nanos() as u64,
         pid,
@@ -128,7 +337,8 @@ pub(crate) fn run_items<A, R>(f: fn(A) -> R, items: Vec<A>, pid: u32) -> ChunkOu
 }
 
 /// The task function a process pool runs for a chunk: the offset of the
-/// user's `fn(A) -> R` and the items.
+/// user's `fn(A) -> R` and the items. Each value is encoded as soon as its
+/// item returns (see [`Values`]).
 fn run_chunk<A, R>((func, items): (u64, Vec<A>)) -> ChunkOutput<R>
 where
     A: DeserializeOwned,
@@ -138,7 +348,34 @@ where
     // `ProcessChunks::start`), which pairs it with exactly this instantiation of
     // `run_chunk`, and the handshake proved this worker is the same build.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func_ref::to_address(func)) };
-    run_items(f, items, std::process::id())
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let mut count = 0u32;
+    // An encoding panic unwinds out of here and fails the chunk, as it did
+    // when the values were encoded together.
+    let ran = run_each(f, items, |v| {
+        count += 1;
+        rmp_serde::encode::write(&mut crate::buffer::Growing(&mut bytes), &v)
+            .map_err(|e| e.to_string())
+    });
+    let nanos = started.elapsed().as_nanos() as u64;
+    let (values, panics) = match ran {
+        Ok(panics) => (
+            Values::Encoded {
+                bytes,
+                count,
+                decode: None,
+            },
+            panics,
+        ),
+        Err(why) => (Values::EncodeFailed(why), Vec::new()),
+    };
+    ChunkOutput {
+        values,
+        panics,
+        nanos,
+        pid: std::process::id(),
+    }
 }
 
 /// Starts chunks on some pool.
@@ -216,6 +453,88 @@ mod tests {
     fn halve(x: u32) -> u32 {
         assert!(x % 2 == 0, "odd input {x}");
         x / 2
+    }
+
+    /// Decodes as its number, but refuses 13 and panics on 14.
+    #[derive(Debug, PartialEq)]
+    struct Picky(u32);
+
+    impl<'de> Deserialize<'de> for Picky {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match u32::deserialize(d)? {
+                13 => Err(serde::de::Error::custom("no 13")),
+                14 => panic!("no 14 either"),
+                n => Ok(Picky(n)),
+            }
+        }
+    }
+
+    fn identity(x: u32) -> u32 {
+        x
+    }
+
+    /// Runs a chunk as a worker does, and decodes its output as the parent
+    /// does, as `R2`.
+    fn through_a_worker<R2: DeserializeOwned>(items: Vec<u32>) -> Vec<Result<R2, TaskError>> {
+        let func = FnRef::new(identity).unwrap().func;
+        let output: ChunkOutput<u32> = run_chunk((func, items));
+        let bytes = rmp_serde::to_vec(&output).unwrap();
+        let back: ChunkOutput<R2> = rmp_serde::from_slice(&bytes).unwrap();
+        Segment::output(back).collect()
+    }
+
+    #[test]
+    fn encoded_values_decode_in_order() {
+        let out = through_a_worker::<u32>(vec![5, 1, 300, 70_000, 0]);
+        assert_eq!(out, [Ok(5), Ok(1), Ok(300), Ok(70_000), Ok(0)]);
+        assert!(through_a_worker::<u32>(vec![]).is_empty());
+    }
+
+    #[test]
+    fn a_value_that_fails_to_decode_fails_alone() {
+        let out = through_a_worker::<Picky>(vec![1, 13, 2, 14, 3]);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[0], Ok(Picky(1)));
+        assert!(matches!(
+            &out[1],
+            Err(TaskError::Serialization { stage: crate::CodecStage::DecodeResult, message })
+                if message.contains("no 13")
+        ));
+        assert_eq!(out[2], Ok(Picky(2)));
+        assert!(matches!(
+            &out[3],
+            Err(TaskError::Serialization { stage: crate::CodecStage::DecodeResult, message })
+                if message.contains("panicked") && message.contains("no 14")
+        ));
+        assert_eq!(out[4], Ok(Picky(3)));
+    }
+
+    /// Encodes as its number, but refuses 7.
+    struct NoSeven(u32);
+
+    impl Serialize for NoSeven {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.0 == 7 {
+                return Err(serde::ser::Error::custom("no 7"));
+            }
+            s.serialize_u32(self.0)
+        }
+    }
+
+    fn no_seven(x: u32) -> NoSeven {
+        NoSeven(x)
+    }
+
+    #[test]
+    fn a_value_that_fails_to_encode_fails_the_chunk_encoding() {
+        // The chunk then fails as a whole with an encoding error, which the
+        // map retries in parts down to the item.
+        let func = FnRef::new(no_seven).unwrap().func;
+        let fine: ChunkOutput<NoSeven> = run_chunk((func, vec![1, 2]));
+        assert!(rmp_serde::to_vec(&fine).is_ok());
+        let bad: ChunkOutput<NoSeven> = run_chunk((func, vec![1, 7, 2]));
+        let err = rmp_serde::to_vec(&bad).unwrap_err();
+        assert!(err.to_string().contains("no 7"), "{err}");
     }
 
     #[test]
