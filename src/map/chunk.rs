@@ -1,6 +1,7 @@
 //! Running a chunk of map items as one task, and how the two pools start one.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,10 +26,12 @@ pub(crate) struct ChunkOutput<R> {
 ///
 /// A process worker encodes each value the moment its item returns and drops
 /// it (so its memory is reused at once), and the parent keeps the encoded
-/// values as one buffer: the supervisor only copies the bytes, and the values
-/// are decoded one at a time on the thread that consumes the map, as it
-/// yields them. The supervisor is then free to send the worker its next chunk
-/// at once, and no `Vec` of decoded values is built and moved.
+/// values as one buffer. The supervisor decodes values for at most
+/// [`EAGER_DECODING`] (all of a chunk of numbers), then leaves the rest to the
+/// thread that consumes the map, which decodes them in small batches as it
+/// yields them: a chunk of values that take long to decode (each a `Vec`,
+/// say) no longer holds up the worker's next chunk while the supervisor
+/// decodes it, and no `Vec` of all a chunk's decoded values is built.
 pub(crate) enum Values<R> {
     /// Values as they are (a thread pool's chunk).
     Plain(Vec<R>),
@@ -36,21 +39,70 @@ pub(crate) enum Values<R> {
     Encoded {
         bytes: Vec<u8>,
         count: u32,
-        /// Decodes one value from the front of the slice, advancing it; set by
-        /// `Deserialize`, which knows `R`.
-        decode: Option<DecodeOne<R>>,
+        /// How to decode them; set by `Deserialize`, which knows `R`.
+        decoder: Option<Decoder<R>>,
+        /// The first values, decoded already (by `Deserialize`), and where
+        /// the others start.
+        ready: VecDeque<R>,
+        at: usize,
     },
     /// A value could not be encoded (worker side): the chunk fails with this
     /// message as an encoding error, as if its output had failed to encode.
     EncodeFailed(String),
 }
 
-/// Decodes one value from the front of `bytes`, advancing it past the value.
-type DecodeOne<R> = fn(&mut &[u8]) -> Result<R, String>;
+/// Decoding values of `R` from the front of a slice (advancing it).
+pub(crate) struct Decoder<R> {
+    /// One value.
+    one: fn(&mut &[u8]) -> Result<R, String>,
+    /// `n` values (see [`DecodeMany`]).
+    many: DecodeMany<R>,
+}
+
+/// Decodes `n` values, appending them to the queue, or fails at the first
+/// that does not decode (the queue then holds those before it).
+type DecodeMany<R> = fn(&mut &[u8], usize, &mut VecDeque<R>) -> Result<(), String>;
+
+impl<R> Clone for Decoder<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Decoder<R> {}
+
+impl<R: DeserializeOwned> Decoder<R> {
+    fn new() -> Self {
+        Decoder {
+            one: decode_one::<R>,
+            many: decode_many::<R>,
+        }
+    }
+}
 
 fn decode_one<R: DeserializeOwned>(bytes: &mut &[u8]) -> Result<R, String> {
     R::deserialize(&mut rmp_serde::Deserializer::new(bytes)).map_err(|e| e.to_string())
 }
+
+fn decode_many<R: DeserializeOwned>(
+    bytes: &mut &[u8],
+    n: usize,
+    out: &mut VecDeque<R>,
+) -> Result<(), String> {
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    for _ in 0..n {
+        out.push_back(R::deserialize(&mut de).map_err(|e| e.to_string())?);
+    }
+    Ok(())
+}
+
+/// How long the reader of a chunk's result decodes its values before it
+/// leaves the rest to the consumer (see `Values`'s `Deserialize`).
+const EAGER_DECODING: Duration = Duration::from_micros(50);
+
+/// Values decoded at a time: per-value costs (a decoder, a panic guard) are
+/// paid once per batch, which matters for values as small as a number.
+const BATCH: usize = 64;
 
 /// Skips one encoded value at the front of `bytes`.
 fn skip_one(bytes: &mut &[u8]) -> Result<(), String> {
@@ -91,11 +143,41 @@ impl<R> Serialize for Values<R> {
 impl<'de, R: DeserializeOwned> Deserialize<'de> for Values<R> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (ByteVec(bytes), count) = <(ByteVec, u32)>::deserialize(deserializer)?;
-        Ok(Values::Encoded {
+        Ok(Values::decoded_for(EAGER_DECODING, bytes, count))
+    }
+}
+
+impl<R: DeserializeOwned> Values<R> {
+    /// Encoded values, of which those decoded within `budget` are decoded.
+    ///
+    /// Whoever reads a chunk's result (the supervisor, usually) decodes its
+    /// values for a moment: values as cheap as numbers are all decoded there,
+    /// off the consumer's thread, and the rest, left to the consumer, does not
+    /// hold up the worker's next chunk. A batch that fails is left to the
+    /// consumer, which pins the failure on its value.
+    fn decoded_for(budget: Duration, bytes: Vec<u8>, count: u32) -> Self {
+        let started = Instant::now();
+        let mut ready = VecDeque::new();
+        let mut rest = &bytes[..];
+        let mut left = count as usize;
+        while left > 0 && started.elapsed() < budget {
+            let n = left.min(BATCH);
+            let mut batch = rest;
+            let decoded = crate::panic_info::catch(|| decode_many::<R>(&mut batch, n, &mut ready));
+            if !matches!(decoded, Ok(Ok(()))) {
+                ready.truncate(count as usize - left);
+                break;
+            }
+            rest = batch;
+            left -= n;
+        }
+        Values::Encoded {
+            at: bytes.len() - rest.len(),
             bytes,
-            count,
-            decode: Some(decode_one::<R>),
-        })
+            count: left as u32,
+            decoder: Some(Decoder::new()),
+            ready,
+        }
     }
 }
 
@@ -158,9 +240,16 @@ pub(crate) enum ValueIter<R> {
     Plain(std::vec::IntoIter<R>),
     Encoded {
         bytes: Vec<u8>,
+        /// Where the next value to decode starts.
         at: usize,
+        /// Values still to decode.
         left: usize,
-        decode: DecodeOne<R>,
+        decoder: Decoder<R>,
+        /// Values decoded, not yet handed out.
+        ready: VecDeque<R>,
+        /// Values to decode one at a time, after a batch that failed: so the
+        /// failure lands on its value alone.
+        careful: usize,
     },
 }
 
@@ -171,15 +260,19 @@ impl<R> ValueIter<R> {
             Values::Encoded {
                 bytes,
                 count,
-                decode: Some(decode),
+                decoder: Some(decoder),
+                ready,
+                at,
             } => ValueIter::Encoded {
                 bytes,
-                at: 0,
+                at,
                 left: count as usize,
-                decode,
+                decoder,
+                ready,
+                careful: 0,
             },
             // (Never yielded: a worker sends neither.)
-            Values::Encoded { decode: None, .. } | Values::EncodeFailed(_) => {
+            Values::Encoded { decoder: None, .. } | Values::EncodeFailed(_) => {
                 ValueIter::Plain(Vec::new().into_iter())
             }
         }
@@ -188,53 +281,74 @@ impl<R> ValueIter<R> {
     fn len(&self) -> usize {
         match self {
             ValueIter::Plain(v) => v.len(),
-            ValueIter::Encoded { left, .. } => *left,
+            ValueIter::Encoded { left, ready, .. } => left + ready.len(),
         }
     }
 
     /// The next value. A value that fails to decode (or whose `Deserialize`
     /// panics) is an error for its item alone: the others still decode.
     fn next(&mut self) -> Option<Result<R, TaskError>> {
-        match self {
-            ValueIter::Plain(v) => v.next().map(Ok),
-            ValueIter::Encoded {
-                bytes,
-                at,
-                left,
-                decode,
-            } => {
-                if *left == 0 {
-                    return None;
-                }
-                *left -= 1;
-                let mut rest = &bytes[*at..];
-                let decoded =
-                    crate::panic_info::catch(|| decode(&mut rest)).unwrap_or_else(|caught| {
-                        Err(format!(
-                            "the result's Deserialize panicked: {}",
-                            caught.message
-                        ))
-                    });
-                let decoded = match decoded {
-                    Ok(value) => Ok(value),
-                    Err(message) => {
-                        // Find the next value's start from this one's.
-                        rest = &bytes[*at..];
-                        if skip_one(&mut rest).is_err() {
-                            // Cannot find the next value: the rest fail too.
-                            rest = &[];
-                            *left = 0;
-                        }
-                        Err(TaskError::Serialization {
-                            stage: crate::CodecStage::DecodeResult,
-                            message,
-                        })
-                    }
-                };
-                *at = bytes.len() - rest.len();
-                Some(decoded)
-            }
+        let ValueIter::Encoded {
+            bytes,
+            at,
+            left,
+            decoder,
+            ready,
+            careful,
+        } = self
+        else {
+            let ValueIter::Plain(values) = self else {
+                unreachable!()
+            };
+            return values.next().map(Ok);
+        };
+        if let Some(value) = ready.pop_front() {
+            return Some(Ok(value));
         }
+        if *left == 0 {
+            return None;
+        }
+        if *careful == 0 {
+            let n = (*left).min(BATCH);
+            let mut rest = &bytes[*at..];
+            let many = decoder.many;
+            if let Ok(Ok(())) = crate::panic_info::catch(|| many(&mut rest, n, ready)) {
+                *at = bytes.len() - rest.len();
+                *left -= n;
+                return ready.pop_front().map(Ok);
+            }
+            ready.clear();
+            *careful = n;
+        }
+        *careful -= 1;
+        *left -= 1;
+        let mut rest = &bytes[*at..];
+        let one = decoder.one;
+        let decoded = crate::panic_info::catch(|| one(&mut rest)).unwrap_or_else(|caught| {
+            Err(format!(
+                "the result's Deserialize panicked: {}",
+                caught.message
+            ))
+        });
+        let decoded = match decoded {
+            Ok(value) => Ok(value),
+            Err(message) => {
+                // Find the next value's start from this one's.
+                rest = &bytes[*at..];
+                if skip_one(&mut rest).is_err() {
+                    // Cannot find the next value: the rest fail too (each
+                    // decoded from nothing).
+                    rest = &[];
+                    *careful = *left;
+                }
+                Err(TaskError::Serialization {
+                    stage: crate::CodecStage::DecodeResult,
+                    message,
+                })
+            }
+        };
+        *at = bytes.len() - rest.len();
+        Some(decoded)
     }
 }
 
@@ -364,7 +478,9 @@ where
             Values::Encoded {
                 bytes,
                 count,
-                decode: None,
+                decoder: None,
+                ready: VecDeque::new(),
+                at: 0,
             },
             panics,
         ),
@@ -507,6 +623,38 @@ mod tests {
                 if message.contains("panicked") && message.contains("no 14")
         ));
         assert_eq!(out[4], Ok(Picky(3)));
+    }
+
+    #[test]
+    fn values_left_to_the_consumer_decode_in_batches_and_fail_alone() {
+        let items: Vec<u32> = (0..300)
+            .map(|i| match i {
+                50 | 147 => 13,
+                70 | 201 => 14,
+                i => i + 100,
+            })
+            .collect();
+        let func = FnRef::new(identity).unwrap().func;
+        let ChunkOutput { values, .. } = run_chunk::<u32, u32>((func, items.clone()));
+        let Values::Encoded { bytes, count, .. } = values else {
+            panic!("encoded values expected")
+        };
+        for budget in [Duration::ZERO, Duration::from_secs(1)] {
+            let values = Values::<Picky>::decoded_for(budget, bytes.clone(), count);
+            let mut values = ValueIter::new(values);
+            assert_eq!(values.len(), items.len());
+            let out: Vec<_> = std::iter::from_fn(|| values.next()).collect();
+            assert_eq!(out.len(), items.len());
+            for (item, got) in items.iter().zip(&out) {
+                match item {
+                    13 | 14 => assert!(
+                        matches!(got, Err(TaskError::Serialization { .. })),
+                        "{got:?}"
+                    ),
+                    &n => assert_eq!(got, &Ok(Picky(n))),
+                }
+            }
+        }
     }
 
     /// Encodes as its number, but refuses 7.
