@@ -10,9 +10,13 @@
 //! whose worker dies is split in halves and retried, down to single items, so
 //! the failure lands on the item that caused it and every other item still
 //! gets its value. (Items of such a chunk may therefore run more than once.)
+//! A process chunk's values come back encoded one by one and are decoded
+//! partly by the supervisor and the rest by the consumer as it yields them
+//! ([`values`]), so a worker's next chunk never waits for a long decode.
 
 mod chunk;
 mod sizer;
+mod values;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
