@@ -125,7 +125,7 @@ impl Region {
     }
 
     /// Whether a frame of `len` bytes fits the mapping.
-    pub(crate) fn fits(&self, len: usize) -> bool {
+    fn fits(&self, len: usize) -> bool {
         len <= self.reserved
     }
 

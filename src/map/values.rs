@@ -118,7 +118,7 @@ impl<R> Serialize for Values<R> {
         match self {
             Values::Encoded { bytes, count, .. } => {
                 let mut t = serializer.serialize_tuple(2)?;
-                t.serialize_element(&Bytes(bytes))?;
+                t.serialize_element(serde_bytes::Bytes::new(bytes))?;
                 t.serialize_element(count)?;
                 t.end()
             }
@@ -130,7 +130,8 @@ impl<R> Serialize for Values<R> {
 
 impl<'de, R: DeserializeOwned> Deserialize<'de> for Values<R> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (ByteVec(bytes), count) = <(ByteVec, u32)>::deserialize(deserializer)?;
+        let (bytes, count) = <(serde_bytes::ByteBuf, u32)>::deserialize(deserializer)?;
+        let bytes = bytes.into_vec();
         Ok(Values::decoded_for(EAGER_DECODING, bytes, count))
     }
 }
@@ -166,37 +167,6 @@ impl<R: DeserializeOwned> Values<R> {
             decoder: Some(Decoder::new()),
             ready,
         }
-    }
-}
-
-/// Serialises a byte slice as MessagePack `bin` (one copy, no per-byte work).
-struct Bytes<'a>(&'a [u8]);
-
-impl Serialize for Bytes<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
-    }
-}
-
-/// Deserialises MessagePack `bin` into an owned buffer.
-struct ByteVec(Vec<u8>);
-
-impl<'de> Deserialize<'de> for ByteVec {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = ByteVec;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteVec, E> {
-                Ok(ByteVec(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteVec, E> {
-                Ok(ByteVec(v))
-            }
-        }
-        deserializer.deserialize_byte_buf(Visitor)
     }
 }
 

@@ -143,9 +143,9 @@ impl Launcher for LocalLauncher {
         enlarge(&reply_w);
         let ring = crate::ring::Ring::create(spec.ring_slots)?;
         let regions = Regions::create(spec.max_frame);
-        let region_fd = |pick: fn(&Regions) -> &crate::region::Region| {
-            regions.as_ref().map_or(-1, |r| pick(r).fd().as_raw_fd())
-        };
+        let (job_region, result_region) = regions.as_ref().map_or((-1, -1), |r| {
+            (r.jobs.fd().as_raw_fd(), r.results.fd().as_raw_fd())
+        });
 
         let child_fds = [
             job_r.as_raw_fd(),
@@ -153,8 +153,8 @@ impl Launcher for LocalLauncher {
             reply_w.as_raw_fd(),
             life_r.as_raw_fd(),
             ring.fd().as_raw_fd(),
-            region_fd(|r| &r.jobs),
-            region_fd(|r| &r.results),
+            job_region,
+            result_region,
         ];
         let env = Spec {
             input: child_fds[0],

@@ -142,7 +142,7 @@ impl<'a> Service<'a> {
             return false;
         }
         let frame = job.frame.bytes();
-        if frame.len() < crate::region::USE_FROM || !region.fits(frame.len()) {
+        if frame.len() < crate::region::USE_FROM {
             region.note_unused();
             return false;
         }

@@ -99,10 +99,7 @@ impl Worker {
         let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
         let process = launched.process;
         let ring = launched.ring;
-        let (job_region, result_region) = match launched.regions {
-            Some(r) => (Some(r.jobs), Some(r.results)),
-            None => (None, None),
-        };
+        let (job_region, result_region) = launched.regions.map(|r| (r.jobs, r.results)).unzip();
         // Non-blocking: async borrowers read it when their reactor says so,
         // blocking ones poll() before each read.
         let replies = launched

@@ -146,6 +146,18 @@ impl ResultRegion {
         self.entry.is_none_or(|i| ring.is_consumed(i))
     }
 
+    /// Puts result frame `out` of job `seq` here and announces it in the
+    /// ring; `false` when the region is busy or cannot hold it.
+    fn publish(&mut self, ring: &Ring, out: &[u8], seq: u64) -> io::Result<bool> {
+        if !self.is_free(ring) || self.region.put(out).is_err() {
+            return Ok(false);
+        }
+        let mut entry = Vec::with_capacity(32);
+        wire::encode_result_in_region(&mut entry, seq, out.len() as u64);
+        self.entry = Some(ring.publish(&entry)?);
+        Ok(true)
+    }
+
     /// A result went elsewhere: see [`Region::note_unused`].
     fn note_unused(&mut self, ring: &Ring) {
         if self.is_free(ring) {
@@ -171,17 +183,21 @@ fn publish(
     // fails this job, as without a ring. A task too quick for any system call
     // cannot have written, and is spared the check (a system call itself).
     let foreign = could_write && ring.pipe_has_foreign_bytes(pipe.file.as_fd(), pipe.written);
-    let mut free = results.filter(|r| r.is_free(ring));
     let large = out.len() >= region::USE_FROM && !foreign;
-    let in_region = free.as_mut().filter(|r| large && r.region.fits(out.len()));
-    if out.len() <= SLOT_BYTES && !foreign {
+    let in_region = match results {
+        // (A busy region, or one that cannot grow, leaves it to the pipe.)
+        Some(results) if large => results.publish(ring, out, seq)?,
+        // Left unused by this result: its memory may go back.
+        Some(results) => {
+            results.note_unused(ring);
+            false
+        }
+        None => false,
+    };
+    if in_region {
+        // Announced already.
+    } else if out.len() <= SLOT_BYTES && !foreign {
         ring.publish(out)?;
-    } else if let Some(results) = in_region.and_then(|r| r.region.put(out).is_ok().then_some(r)) {
-        // (A region that cannot grow leaves the frame to the pipe.)
-        let mut entry = Vec::with_capacity(32);
-        wire::encode_result_in_region(&mut entry, seq, out.len() as u64);
-        results.entry = Some(ring.publish(&entry)?);
-        free = None;
     } else {
         // Whole on the pipe before the entry appears: the parent that sees
         // the entry finds the frame complete.
@@ -189,10 +205,6 @@ fn publish(
         let mut entry = Vec::with_capacity(16);
         wire::encode_on_pipe(&mut entry, seq);
         ring.publish(&entry)?;
-    }
-    // Free and left unused by this result: its memory may go back.
-    if let Some(results) = free {
-        results.note_unused(ring);
     }
     if ring.must_wake() {
         pipe.write_all(&wire::DOORBELL)?;
