@@ -37,7 +37,7 @@
 //! lend    -> worker, ctx, lane, job
 //! ending  -> worker, ctx, launcher, job
 //! results -> worker, ctx
-//! worker  -> exit_watch, ctx, init, launcher, job
+//! worker  -> exit_watch, relaunch, ctx, init, launcher, job
 //! exit_watch -> launcher
 //! async_lane -> direct, ctx, lane, job
 //! direct  -> ctx, lane, job
@@ -46,7 +46,7 @@
 //! outbox  -> job
 //! ```
 //!
-//! `job` and `launcher` import no other module of this one; `init` uses `job`.
+//! `job`, `launcher` and `relaunch` import no other module of this one; `init` uses `job`.
 //! `crate::remote` (workers on other machines) sits beside them: `builder`,
 //! `worker` and `ending` use it, and it uses only `launcher`. `results`
 //! calls methods of `worker::Worker` that it defines itself (an `impl` block
@@ -86,6 +86,7 @@ mod lend;
 #[cfg(unix)]
 mod outbox;
 mod pool;
+mod relaunch;
 #[cfg(unix)]
 mod results;
 #[cfg_attr(windows, path = "windows/serve.rs")]

@@ -96,7 +96,13 @@ impl Worker {
             // Never fewer than the jobs a worker may hold (see `serve`).
             ring_slots: ctx.config.pipeline_depth + 2,
         };
-        let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
+        // (A remote start is not tried again here: its failures take the
+        // time of a connection, and name their host.)
+        let launched = match host {
+            None => super::relaunch::retrying(|| ctx.launcher.launch(&spec)).await,
+            Some(_) => ctx.launcher.launch(&spec),
+        }
+        .map_err(Error::Spawn)?;
         let process = launched.process;
         let ring = launched.ring;
         let (job_region, result_region) = launched.regions.map(|r| (r.jobs, r.results)).unzip();

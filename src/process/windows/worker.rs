@@ -61,7 +61,9 @@ impl Worker {
             memory_limit: ctx.config.memory_limit,
             nice: ctx.config.nice,
         };
-        let launched = ctx.launcher.launch(&spec).map_err(Error::Spawn)?;
+        let launched = super::relaunch::retrying(|| ctx.launcher.launch(&spec))
+            .await
+            .map_err(Error::Spawn)?;
         let pid = launched.process.pid();
         let mut worker = Worker {
             process: Some(launched.process),
