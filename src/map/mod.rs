@@ -228,9 +228,7 @@ impl<A, R> Map<A, R> {
         A: Send + 'static,
         R: Send + 'static,
     {
-        MapIter {
-            inner: futures::executor::block_on_stream(self),
-        }
+        MapIter { map: self }
     }
 
     /// Chunks finished but waiting for an earlier one (ordered mode) are held
@@ -347,6 +345,22 @@ impl<A, R> Map<A, R> {
     }
 }
 
+impl<A, R> Map<A, R> {
+    /// The next result of a finished chunk, if one is ready: what `poll_next`
+    /// yields before it looks at anything else.
+    fn next_ready(&mut self) -> Option<Result<R, TaskError>> {
+        while let Some(front) = self.ready.front_mut() {
+            match front.next() {
+                Some(item) => return Some(item),
+                None => {
+                    self.ready.pop_front();
+                }
+            }
+        }
+        None
+    }
+}
+
 /// Errors of a whole chunk that one of its items may have caused.
 fn retry_in_parts(error: &TaskError) -> bool {
     matches!(
@@ -365,13 +379,8 @@ impl<A, R> Stream for Map<A, R> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            while let Some(front) = this.ready.front_mut() {
-                match front.next() {
-                    Some(item) => return Poll::Ready(Some(item)),
-                    None => {
-                        this.ready.pop_front();
-                    }
-                }
+            if let Some(item) = this.next_ready() {
+                return Poll::Ready(Some(item));
             }
             this.fill(cx);
             match this.running.poll_next_unpin(cx) {
@@ -424,18 +433,23 @@ impl<A, R> std::fmt::Debug for Map<A, R> {
 /// # Ok::<(), procpool::Error>(())
 /// ```
 pub struct MapIter<A, R> {
-    inner: futures::executor::BlockingStream<Map<A, R>>,
+    map: Map<A, R>,
 }
 
 impl<A, R> Iterator for MapIter<A, R> {
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next()
+        // Results of a finished chunk are handed out without entering an
+        // executor for each (which costs about as much as a small item's
+        // decoding); only waiting for a chunk blocks.
+        self.map
+            .next_ready()
+            .or_else(|| futures::executor::block_on(self.map.next()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
+        self.map.size_hint()
     }
 }
 
