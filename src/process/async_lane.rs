@@ -48,7 +48,13 @@ thread_local! {
     /// The last runtime seen without an I/O driver (its id), so that its
     /// calls go to the queue without asking tokio again.
     static NO_IO: Cell<Option<tokio::runtime::Id>> = const { Cell::new(None) };
+    /// A reply buffer left by a finished call, for the next call started on
+    /// this thread (a fresh one per call costs an allocation of a page).
+    static SPARE_REPLY: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
+
+/// Replies larger than this leave their buffer to be freed, not kept.
+const KEEP_REPLY_BUFFER: usize = 64 * 1024;
 
 /// Starts `job` on an idle worker from the caller's runtime, if there is one,
 /// a worker is free and no task is waiting in the queue. `Ok(Some)`: the
@@ -91,7 +97,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
         pid: loan.pid,
         reply_fd: loan.reply_fd,
         pid_fd: loan.pid_fd,
-        buf: Vec::new(),
+        buf: SPARE_REPLY.take(),
     };
     // SAFETY: the supervisor keeps the job pipe open while the lane is lent,
     // and it is lent to `exchange` until that ends.
@@ -135,10 +141,10 @@ impl Watch {
     /// The lane's kept registration if it is for this runtime, else a new
     /// one. `None` when the current runtime has no I/O driver (tokio panics
     /// then, which is the only way it tells) or registration fails.
-    fn for_loan(lane: &Lane, runtime: tokio::runtime::Id, loan: &Loan) -> Option<Watch> {
+    fn for_loan(lane: &Lane, runtime: tokio::runtime::Id, loan: &Loan) -> Option<Box<Watch>> {
         let kept = lane.unpark().and_then(|kept| kept.downcast::<Watch>().ok());
         if let Some(kept) = kept.filter(|w| w.runtime == runtime) {
-            return Some(*kept);
+            return Some(kept);
         }
         // SAFETY: the supervisor keeps these descriptors open while the lane
         // is lent, and the caller holds the lane.
@@ -152,11 +158,11 @@ impl Watch {
             -1 => None,
             fd => Some(watch(own(fd)?)?),
         };
-        Some(Watch {
+        Some(Box::new(Watch {
             runtime,
             reply,
             exited,
-        })
+        }))
     }
 }
 
@@ -189,7 +195,7 @@ impl Exchange {
             job,
             seq,
             pid,
-            buf,
+            mut buf,
             ..
         } = self;
         let checked = reply.and_then(|body| {
@@ -205,6 +211,10 @@ impl Exchange {
                 direct::settle(borrow, job, (seq, pid), (status, nanos), &buf[payload]);
             }
             Err(failure) => direct::give_up(borrow, Handback { seq, job, failure }),
+        }
+        if buf.capacity() <= KEEP_REPLY_BUFFER {
+            buf.clear();
+            SPARE_REPLY.set(buf);
         }
     }
 
@@ -272,8 +282,9 @@ struct Call {
 struct Inner {
     /// `None` once the call ended (or moved to a helper thread).
     exchange: Option<Exchange>,
-    /// Kept in the lane for the next call once this one is answered.
-    watch: Option<Watch>,
+    /// Kept in the lane for the next call once this one is answered (boxed
+    /// as the lane keeps it, so keeping it allocates nothing).
+    watch: Option<Box<Watch>>,
     /// While part of a frame is in: when it counts as stalled, and how much
     /// was in when the timer started.
     stall: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
@@ -436,7 +447,7 @@ impl Inner {
         // An answered worker serves on: keep the registration for the next
         // call (the lane is still ours until the exchange concludes).
         if let (Some(watch), Step::Reply(Ok(_))) = (watch, &step) {
-            exchange.borrow.lane().park(Box::new(watch));
+            exchange.borrow.lane().park(watch);
         }
         match step {
             Step::Reply(reply) => exchange.conclude(reply),

@@ -115,8 +115,13 @@ impl PoolCtx {
         // statistics.
         self.observe_run(nanos);
         let run = Duration::from_nanos(nanos);
-        let waited = super::job::now_nanos().saturating_sub(job.queued_at);
-        let wait = Duration::from_nanos(waited).saturating_sub(run);
+        let wait = match job.queued_at {
+            super::job::NOT_QUEUED => Duration::ZERO,
+            queued_at => {
+                let waited = super::job::now_nanos().saturating_sub(queued_at);
+                Duration::from_nanos(waited).saturating_sub(run)
+            }
+        };
         if job.slot.is_cancelled() {
             Counters::bump(&self.counters.cancelled);
         } else {

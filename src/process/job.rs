@@ -17,9 +17,14 @@ use crate::{CodecStage, TaskError};
 pub(crate) struct Job {
     pub(crate) frame: Frame,
     pub(crate) slot: Arc<dyn JobSlot>,
-    /// When it was spawned (for wait-time statistics), as [`now_nanos`].
+    /// When it was queued (for wait-time statistics), as [`now_nanos`];
+    /// [`NOT_QUEUED`] for a job that went straight to a worker.
     pub(crate) queued_at: u64,
 }
+
+/// The `queued_at` of a job that never waited in the queue (a direct lane's):
+/// it counts no wait, and costs no clock read.
+pub(crate) const NOT_QUEUED: u64 = u64::MAX;
 
 /// Nanoseconds since the first call: a timestamp half the size of an
 /// `Instant`, which counts when a million tasks wait in a queue.

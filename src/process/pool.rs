@@ -252,7 +252,8 @@ impl ProcessPool {
     }
 
     /// Queues a prepared job (waiting for room on a bounded queue).
-    fn enqueue(&self, job: Job) {
+    fn enqueue(&self, mut job: Job) {
+        job.queued_at = job::now_nanos();
         match self.handle.jobs.try_send(job) {
             Ok(()) => self.queued(),
             Err(async_channel::TrySendError::Full(job)) => {
@@ -297,7 +298,7 @@ impl ProcessPool {
         let job = Job {
             frame: Frame::new(frame),
             slot: shared.clone(),
-            queued_at: job::now_nanos(),
+            queued_at: job::NOT_QUEUED,
         };
         Ok((job, Task::new(shared)))
     }
