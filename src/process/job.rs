@@ -34,29 +34,52 @@ pub(crate) fn now_nanos() -> u64 {
 }
 
 /// A job's frame. Small frames are copied into the write buffer, so they need
-/// no sharing (one allocation less per queued task); large ones are shared
-/// with the writer, so their bytes are never copied in the parent.
+/// no sharing; the smallest live in the job itself, so most small calls
+/// allocate nothing for their frame (and the supervisor frees nothing when
+/// they end). Large ones are shared with the writer, so their bytes are
+/// never copied in the parent.
 pub(crate) enum Frame {
+    Inline { len: u8, bytes: [u8; Frame::INLINE] },
     Small(Box<[u8]>),
     Large(Arc<Vec<u8>>),
 }
 
 impl Frame {
+    /// Frames up to this many bytes are kept inline (a job header and an
+    /// argument of about 30 bytes: a few numbers, a short string).
+    pub(crate) const INLINE: usize = 62;
+
     /// Frames larger than this are shared rather than copied.
     pub(crate) const SHARE_ABOVE: usize = 16 * 1024;
 
-    pub(crate) fn new(bytes: Vec<u8>) -> Frame {
-        if bytes.len() > Frame::SHARE_ABOVE {
-            Frame::Large(Arc::new(bytes))
-        } else {
+    #[cfg(test)]
+    pub(crate) fn new(mut bytes: Vec<u8>) -> Frame {
+        Frame::take_from(&mut bytes)
+    }
+
+    /// The frame encoded in `buf`: a small one is copied out (`buf` stays, to
+    /// encode the next frame in), a large one is taken (`buf` is left empty).
+    pub(crate) fn take_from(buf: &mut Vec<u8>) -> Frame {
+        let len = buf.len();
+        if len <= Frame::INLINE {
+            let mut bytes = [0; Frame::INLINE];
+            bytes[..len].copy_from_slice(buf);
+            Frame::Inline {
+                len: len as u8,
+                bytes,
+            }
+        } else if len <= Frame::SHARE_ABOVE {
             // Exact size: queued tasks may be many.
-            Frame::Small(bytes.into_boxed_slice())
+            Frame::Small(Box::from(&buf[..]))
+        } else {
+            Frame::Large(Arc::new(std::mem::take(buf)))
         }
     }
 
     /// The frame's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
+            Frame::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Frame::Small(v) => v,
             Frame::Large(v) => v,
         }
@@ -65,7 +88,7 @@ impl Frame {
     /// True for a frame copied into write buffers (at most
     /// [`SHARE_ABOVE`](Self::SHARE_ABOVE) bytes).
     pub(crate) fn is_small(&self) -> bool {
-        matches!(self, Frame::Small(_))
+        !matches!(self, Frame::Large(_))
     }
 
     /// The frame's bytes, writable (to set the sequence number). A large
@@ -73,6 +96,7 @@ impl Frame {
     /// being resent, went with the previous worker; if not, it is copied.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
+            Frame::Inline { len, bytes } => &mut bytes[..usize::from(*len)],
             Frame::Small(v) => v,
             Frame::Large(v) => Arc::make_mut(v).as_mut_slice(),
         }
@@ -183,6 +207,37 @@ pub(crate) fn decode<R: DeserializeOwned>(
                 size: word(0),
                 max: word(1),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_inline_copied_or_shared_by_size() {
+        for (len, inline, small) in [
+            (0, true, true),
+            (Frame::INLINE, true, true),
+            (Frame::INLINE + 1, false, true),
+            (Frame::SHARE_ABOVE, false, true),
+            (Frame::SHARE_ABOVE + 1, false, false),
+        ] {
+            let mut buf: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let expected = buf.clone();
+            let mut frame = Frame::take_from(&mut buf);
+            assert_eq!(frame.bytes(), &expected[..], "{len} bytes");
+            assert_eq!(matches!(frame, Frame::Inline { .. }), inline, "{len}");
+            assert_eq!(frame.is_small(), small, "{len}");
+            // A copied frame leaves the buffer for the next encoding; a
+            // shared one takes it along.
+            assert_eq!(buf.len(), if small { len } else { 0 }, "{len}");
+            if len > 0 {
+                frame.bytes_mut()[0] = 0xAA;
+                assert_eq!(frame.bytes()[0], 0xAA);
+                assert_eq!(frame.bytes().len(), len);
+            }
         }
     }
 }

@@ -39,8 +39,8 @@ impl Outbox {
     /// Queues a whole frame: small ones are copied, large ones shared.
     pub(crate) fn push_frame(&mut self, frame: &Frame) {
         match frame {
-            Frame::Small(bytes) => self.small_buffer().extend_from_slice(bytes),
             Frame::Large(shared) => self.pieces.push_back(Piece::Shared(shared.clone())),
+            small => self.small_buffer().extend_from_slice(small.bytes()),
         }
     }
 
@@ -101,7 +101,7 @@ mod tests {
             Frame::Large(shared) => {
                 assert_eq!(Arc::strong_count(shared), 1, "written frames are released")
             }
-            Frame::Small(_) => panic!("a large frame is shared"),
+            _ => panic!("a large frame is shared"),
         }
     }
 }

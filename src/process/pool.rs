@@ -5,6 +5,7 @@
 //! [direct lane](super::direct)); the rest of the path (supervisor, worker,
 //! result) is in the modules below it, see the [module overview](super).
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -276,27 +277,19 @@ impl ProcessPool {
         T: Serialize + ?Sized,
     {
         let fn_ref = FnRef::new(f).map_err(|why| Task::failed(TaskError::Unsupported(why)))?;
-        // Room for the header and a small argument in one allocation.
-        let mut frame = Vec::with_capacity(48);
-        wire::begin_job(&mut frame, fn_ref.func, fn_ref.trampoline);
-        rmp_serde::encode::write(&mut crate::buffer::Growing(&mut frame), args).map_err(|e| {
-            Task::failed(TaskError::Serialization {
-                stage: CodecStage::EncodeArgument,
-                message: e.to_string(),
-            })
-        })?;
-        let size = (frame.len() - wire::LEN_PREFIX) as u64;
-        if size > self.handle.max_frame {
-            return Err(Task::failed(TaskError::TooLarge {
-                what: "argument",
-                size,
-                max: self.handle.max_frame,
-            }));
+        // Encoded in this thread's buffer, which the next call reuses unless
+        // the frame (large) takes it along.
+        let mut buf = ENCODING.take();
+        buf.clear();
+        let encoded = encode_job(&mut buf, fn_ref, args, self.handle.max_frame)
+            .map(|()| Frame::take_from(&mut buf));
+        if buf.capacity() <= KEEP_ENCODING_BUFFER {
+            ENCODING.set(buf);
         }
-        wire::end_frame(&mut frame, 0);
+        let frame = encoded.map_err(Task::failed)?;
         let shared = Arc::new(Shared::<R>::new(Some(self.handle.hook.clone())));
         let job = Job {
-            frame: Frame::new(frame),
+            frame,
             slot: shared.clone(),
             queued_at: job::NOT_QUEUED,
         };
@@ -691,4 +684,39 @@ impl ProcessPool {
             }),
         }
     }
+}
+
+thread_local! {
+    /// Where a caller's thread encodes job frames (see `prepare`).
+    static ENCODING: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// A thread keeps an encoding buffer up to this size between calls.
+const KEEP_ENCODING_BUFFER: usize = 64 * 1024;
+
+/// Encodes the `JOB` frame of a call to `fn_ref` with `args` into `frame`
+/// (empty): its sequence number is set when it is sent.
+fn encode_job<T: Serialize + ?Sized>(
+    frame: &mut Vec<u8>,
+    fn_ref: FnRef,
+    args: &T,
+    max_frame: u64,
+) -> Result<(), TaskError> {
+    wire::begin_job(frame, fn_ref.func, fn_ref.trampoline);
+    rmp_serde::encode::write(&mut crate::buffer::Growing(frame), args).map_err(|e| {
+        TaskError::Serialization {
+            stage: CodecStage::EncodeArgument,
+            message: e.to_string(),
+        }
+    })?;
+    let size = (frame.len() - wire::LEN_PREFIX) as u64;
+    if size > max_frame {
+        return Err(TaskError::TooLarge {
+            what: "argument",
+            size,
+            max: max_frame,
+        });
+    }
+    wire::end_frame(frame, 0);
+    Ok(())
 }
