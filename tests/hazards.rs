@@ -672,9 +672,11 @@ fn a_task_polled_on_the_runtime_then_waited_for_in_block_on_does_not_hang() {
     on_a_current_thread_runtime("a task left unpolled", |pool| async move {
         for i in 0..5u64 {
             let mut set = futures::stream::FuturesUnordered::new();
-            set.push(pool.spawn(square, i));
-            let _ = futures::poll!(set.next());
-            assert_eq!(futures::executor::block_on(set.next()), Some(Ok(i * i)));
+            // A task that takes a while: its first poll cannot find the
+            // result yet, and leaves its wake-up with the reactor.
+            set.push(pool.spawn(nap, 20 + i));
+            assert!(futures::poll!(set.next()).is_pending());
+            assert_eq!(futures::executor::block_on(set.next()), Some(Ok(20 + i)));
             // The map's own set: one result awaited here, the rest there.
             let mut squares = pool.map(square, 0..4u64).chunk_size(1);
             assert_eq!(squares.next().await, Some(Ok(0)));

@@ -98,6 +98,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
         reply_fd: loan.reply_fd,
         pid_fd: loan.pid_fd,
         buf: SPARE_REPLY.take(),
+        polled: false,
     };
     // SAFETY: the supervisor keeps the job pipe open while the lane is lent,
     // and it is lent to `exchange` until that ends.
@@ -130,7 +131,13 @@ struct Watch {
     runtime: tokio::runtime::Id,
     reply: AsyncFd<OwnedFd>,
     exited: Option<AsyncFd<OwnedFd>>,
+    /// Calls left before the reply is looked for at the first poll again
+    /// (see [`Inner::poll_reply`]); 0: look.
+    skip_early_read: u8,
 }
+
+/// Calls that wait for the reactor after an early read that found nothing.
+const EARLY_READ_BACKOFF: u8 = 16;
 
 /// Drops the registration kept in `lane` (its worker is going away).
 pub(crate) fn forget(lane: &Lane) {
@@ -162,6 +169,7 @@ impl Watch {
             runtime,
             reply,
             exited,
+            skip_early_read: 0,
         }))
     }
 }
@@ -175,6 +183,8 @@ struct Exchange {
     reply_fd: RawFd,
     pid_fd: RawFd,
     buf: Vec<u8>,
+    /// Whether the call's task was polled yet (see [`early_read`]).
+    polled: bool,
 }
 
 impl Exchange {
@@ -373,13 +383,42 @@ fn inside_blocking_executor() -> bool {
     futures::executor::enter().is_err()
 }
 
+/// At a call's first poll, reads the reply pipe before asking the reactor,
+/// while that keeps finding the reply there: when the worker shares the
+/// caller's CPU (pinned, or a busy machine) the write of the job hands the
+/// CPU to the worker, which answers before the caller runs again, so the
+/// reply is in and a turn of the reactor (an `epoll_wait`) is saved. Where
+/// the worker runs on another CPU the reply is never in yet; after a read
+/// that finds nothing, the next [`EARLY_READ_BACKOFF`] calls go straight to
+/// the reactor. `None`: wait for the reactor.
+fn early_read(exchange: &mut Exchange, watch: &mut Watch) -> Option<Step> {
+    if std::mem::replace(&mut exchange.polled, true) {
+        return None; // not the first poll
+    }
+    if watch.skip_early_read > 0 {
+        watch.skip_early_read -= 1;
+        return None;
+    }
+    match exchange.read() {
+        Ok(Some(body)) => Some(Step::Reply(Ok(body))),
+        Err(failure) => Some(Step::Reply(Err(failure))),
+        Ok(None) => {
+            watch.skip_early_read = EARLY_READ_BACKOFF;
+            None
+        }
+    }
+}
+
 impl Inner {
     /// Reads what the reply pipe has; `Pending` (with the waker registered)
     /// until the whole frame is in, or the worker exited.
     fn poll_reply(&mut self, cx: &mut Context<'_>, origin: &Handle) -> Poll<Step> {
-        let (Some(exchange), Some(watch)) = (self.exchange.as_mut(), self.watch.as_ref()) else {
+        let (Some(exchange), Some(watch)) = (self.exchange.as_mut(), self.watch.as_mut()) else {
             return Poll::Ready(Step::Move);
         };
+        if let Some(step) = early_read(exchange, watch) {
+            return Poll::Ready(step);
+        }
         if let Some(exited) = &watch.exited {
             match exited.poll_read_ready(cx) {
                 // What it wrote before it died still counts.
