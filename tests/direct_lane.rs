@@ -393,3 +393,106 @@ fn a_crash_is_seen_while_a_forked_child_holds_the_reply_pipe() {
     );
     assert_eq!(pool.apply_blocking(square, 4), Ok(16));
 }
+
+/// Aborts the worker at once.
+#[cfg(target_os = "linux")]
+fn abort_now(_: ()) -> u64 {
+    std::process::abort()
+}
+
+/// Panics at once.
+#[cfg(target_os = "linux")]
+fn panic_now(_: ()) -> u64 {
+    panic!("deliberate")
+}
+
+/// While alive, keeps the calling thread (and the threads and processes it
+/// starts meanwhile) on the first CPU it may use.
+#[cfg(target_os = "linux")]
+struct OnOneCpu(libc::cpu_set_t);
+
+#[cfg(target_os = "linux")]
+impl OnOneCpu {
+    fn new() -> OnOneCpu {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: `cpu_set_t` is plain data, valid all zeroes; both calls
+        // get a set of the size they are told, for the calling thread (0).
+        unsafe {
+            let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut allowed), 0);
+            let first = (0..libc::CPU_SETSIZE as usize)
+                .find(|&cpu| libc::CPU_ISSET(cpu, &allowed))
+                .expect("a CPU to run on");
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(first, &mut one);
+            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+            OnOneCpu(allowed)
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for OnOneCpu {
+    fn drop(&mut self) {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: as in `new`.
+        unsafe { libc::sched_setaffinity(0, size, &self.0) };
+    }
+}
+
+/// On one CPU the write of a job hands the CPU to the worker, which answers
+/// before the caller runs again: both lanes then read the reply without
+/// waiting for it first. Results, crashes and panics must come out as they
+/// do when the caller waits.
+#[cfg(target_os = "linux")]
+#[test]
+fn calls_sharing_the_workers_cpu_see_results_and_failures_alike() {
+    let pinned = OnOneCpu::new();
+    // The pool's supervisor thread and worker start on this CPU too.
+    let pool = ProcessPool::new(1).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..3u64 {
+        for i in 0..200 {
+            assert_eq!(
+                pool.apply_blocking(square, i + round),
+                Ok((i + round).pow(2))
+            );
+            let awaited = rt.block_on(pool.apply(square, i));
+            assert_eq!(awaited, Ok(i * i));
+        }
+        let mut crashed = vec![];
+        match pool.apply_blocking(abort_now, ()) {
+            Err(TaskError::WorkerDied { pid, signal, .. }) => {
+                assert_eq!(signal, Some(libc::SIGABRT));
+                crashed.push(pid);
+            }
+            other => panic!("expected the worker's death: {other:?}"),
+        }
+        match rt.block_on(pool.apply(abort_now, ())) {
+            Err(TaskError::WorkerDied { pid, signal, .. }) => {
+                assert_eq!(signal, Some(libc::SIGABRT));
+                crashed.push(pid);
+            }
+            other => panic!("expected the worker's death: {other:?}"),
+        }
+        // Each crash is blamed on the worker that ran it: two in a row, two
+        // different processes, neither of them this one.
+        assert_ne!(crashed[0], crashed[1]);
+        assert!(!crashed.contains(&std::process::id()));
+        assert!(matches!(
+            pool.apply_blocking(panic_now, ()),
+            Err(TaskError::Panicked { .. })
+        ));
+        assert!(matches!(
+            rt.block_on(pool.apply(panic_now, ())),
+            Err(TaskError::Panicked { .. })
+        ));
+    }
+    assert_eq!(pool.stats().restarts.crashed, 6);
+    assert_eq!(pool.stats().completed, 3 * 400);
+    pool.terminate();
+    drop(pinned);
+}

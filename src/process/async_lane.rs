@@ -36,7 +36,7 @@ use tokio::io::Interest;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::ctx::{PoolCtx, STALLED_FRAME};
-use super::direct::{self, Borrow, WorkerFds};
+use super::direct::{self, Borrow, EarlyRead, WorkerFds};
 use super::job::Job;
 use super::lane::{Failure, Handback, Lane, Loan, Takeover};
 use crate::panic_info::catch_quietly;
@@ -131,13 +131,9 @@ struct Watch {
     runtime: tokio::runtime::Id,
     reply: AsyncFd<OwnedFd>,
     exited: Option<AsyncFd<OwnedFd>>,
-    /// Calls left before the reply is looked for at the first poll again
-    /// (see [`Inner::poll_reply`]); 0: look.
-    skip_early_read: u8,
+    /// Whether this worker's replies are in at a call's first poll.
+    early_read: EarlyRead,
 }
-
-/// Calls that wait for the reactor after an early read that found nothing.
-const EARLY_READ_BACKOFF: u8 = 16;
 
 /// Drops the registration kept in `lane` (its worker is going away).
 pub(crate) fn forget(lane: &Lane) {
@@ -169,7 +165,7 @@ impl Watch {
             runtime,
             reply,
             exited,
-            skip_early_read: 0,
+            early_read: EarlyRead::new(),
         }))
     }
 }
@@ -384,26 +380,17 @@ fn inside_blocking_executor() -> bool {
 }
 
 /// At a call's first poll, reads the reply pipe before asking the reactor,
-/// while that keeps finding the reply there: when the worker shares the
-/// caller's CPU (pinned, or a busy machine) the write of the job hands the
-/// CPU to the worker, which answers before the caller runs again, so the
-/// reply is in and a turn of the reactor (an `epoll_wait`) is saved. Where
-/// the worker runs on another CPU the reply is never in yet; after a read
-/// that finds nothing, the next [`EARLY_READ_BACKOFF`] calls go straight to
-/// the reactor. `None`: wait for the reactor.
+/// while that keeps finding the reply in (see [`EarlyRead`]): that saves a
+/// turn of the reactor (an `epoll_wait`). `None`: wait for the reactor.
 fn early_read(exchange: &mut Exchange, watch: &mut Watch) -> Option<Step> {
-    if std::mem::replace(&mut exchange.polled, true) {
-        return None; // not the first poll
-    }
-    if watch.skip_early_read > 0 {
-        watch.skip_early_read -= 1;
+    if std::mem::replace(&mut exchange.polled, true) || !watch.early_read.due() {
         return None;
     }
     match exchange.read() {
         Ok(Some(body)) => Some(Step::Reply(Ok(body))),
         Err(failure) => Some(Step::Reply(Err(failure))),
         Ok(None) => {
-            watch.skip_early_read = EARLY_READ_BACKOFF;
+            watch.early_read.missed();
             None
         }
     }

@@ -11,7 +11,7 @@
 //! is the lane's state machine (see [`super::lane`]); the supervisor's side
 //! is [`super::lend`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::{Deref, Range};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +30,43 @@ static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     /// A borrower's read buffer, kept between calls.
     static REPLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread's calls find their reply in at once.
+    static EARLY_READ: Cell<EarlyRead> = const { Cell::new(EarlyRead::new()) };
+}
+
+/// Whether to read a reply right after writing the job, before waiting for
+/// it. When the worker shares the caller's CPU (pinned, or a busy machine)
+/// the write hands the CPU to the worker, which answers before the caller
+/// runs again: the reply is in, and reading it at once saves a wait (a
+/// `poll`, or a turn of the caller's reactor). Where the worker runs on
+/// another CPU the reply is never in yet, so after a read that finds
+/// nothing the next [`EarlyRead::BACKOFF`] calls wait first.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EarlyRead {
+    /// Calls left that wait first.
+    skip: u8,
+}
+
+impl EarlyRead {
+    const BACKOFF: u8 = 16;
+
+    pub(super) const fn new() -> Self {
+        EarlyRead { skip: 0 }
+    }
+
+    /// Whether this call reads early (counts the call).
+    pub(super) fn due(&mut self) -> bool {
+        if self.skip == 0 {
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    /// An early read found no whole reply.
+    pub(super) fn missed(&mut self) {
+        self.skip = Self::BACKOFF;
+    }
 }
 
 /// Runs `job` on an idle worker, from this thread, if a worker is free and no
@@ -200,9 +237,19 @@ fn exchange(
 ) -> Result<Range<usize>, Failure> {
     crate::pipe_io::write_all(fds.job, frame).map_err(|_| Failure::Died)?;
     buf.clear();
-    // Waiting first: a reply is never there yet right after the write (the
-    // worker has to wake up first), and a read that finds nothing costs a
-    // system call.
+    let mut early = EARLY_READ.get();
+    if early.due() {
+        let read = read_reply(fds.reply, buf, max);
+        if !matches!(read, Ok(Some(_))) {
+            early.missed();
+        }
+        EARLY_READ.set(early);
+        if let Some(body) = read? {
+            return Ok(body);
+        }
+    } else {
+        EARLY_READ.set(early);
+    }
     loop {
         // The task may run for long; part of a frame may not.
         let limit = (!buf.is_empty()).then_some(STALLED_FRAME);
