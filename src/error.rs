@@ -114,7 +114,9 @@ pub enum TaskError {
         /// The host, as [`Remote::host`](crate::Remote::host) names it.
         host: String,
     },
-    /// No worker process could be started to run the task.
+    /// No worker process could be started to run the task. A launch the
+    /// system refused only for a moment was tried again a few times first
+    /// (about a third of a second in all).
     #[error("could not start a worker process: {0}")]
     WorkerStart(String),
     /// The function cannot be sent to a worker process (for example it lives in a
