@@ -564,6 +564,63 @@ fn dropping_the_last_thread_pool_handle_inside_a_task() {
     }
 }
 
+/// Tasks dropped, and calls made, while a thread's locals are being
+/// destroyed at its exit (a `thread_local!` holding a task, or a value whose
+/// `Drop` spawns): the pool's own per-thread buffers may be gone by then,
+/// which must neither panic there (an abort of the whole process) nor lose
+/// the call.
+fn tasks_dropped_and_spawned_while_a_thread_exits() {
+    use std::cell::RefCell;
+
+    /// Spawns a task, and sends it to be awaited elsewhere, when dropped.
+    struct SpawnsOnDrop(ProcessPool, std::sync::mpsc::Sender<procpool::Task<u64>>);
+    impl Drop for SpawnsOnDrop {
+        fn drop(&mut self) {
+            let _ = self.1.send(self.0.spawn(square, 7));
+        }
+    }
+    thread_local! {
+        static HELD: RefCell<Option<procpool::Task<u64>>> = const { RefCell::new(None) };
+        static ON_EXIT: RefCell<Option<SpawnsOnDrop>> = const { RefCell::new(None) };
+    }
+
+    let pool = ProcessPool::new(1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            // Registered first, so destroyed after the pool's own locals.
+            HELD.with(|held| drop(held.borrow()));
+            ON_EXIT.with(|on_exit| *on_exit.borrow_mut() = Some(SpawnsOnDrop(pool.clone(), tx)));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            // Calls through both lanes and the queue set up the pool's
+            // locals on this thread.
+            assert_eq!(pool.apply_blocking(square, 2), Ok(4));
+            assert_eq!(rt.block_on(pool.apply(square, 3)), Ok(9));
+            // A call on the async lane, left running when the thread ends.
+            let running = {
+                let _in_runtime = rt.enter();
+                pool.spawn(nap, 30_000)
+            };
+            HELD.with(|held| *held.borrow_mut() = Some(running));
+        })
+    };
+    thread.join().expect("the exiting thread panicked");
+    let spawned = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(futures::executor::block_on(spawned), Ok(49));
+    // The dropped task's worker was killed and replaced.
+    assert_eq!(pool.apply_blocking(square, 8), Ok(64));
+    assert!(
+        wait_until(Duration::from_secs(20), || pool.stats().restarts.cancelled
+            == 1),
+        "{:?}",
+        pool.stats().restarts
+    );
+}
+
 // ---------------------------------------------------------------- 4. blocking calls on a runtime
 
 /// Runs `f` on a thread of its own and fails (instead of hanging the suite) if
@@ -934,6 +991,10 @@ fn run_tests() {
         (
             "dropping_the_last_thread_pool_handle_inside_a_task",
             &dropping_the_last_thread_pool_handle_inside_a_task,
+        ),
+        (
+            "tasks_dropped_and_spawned_while_a_thread_exits",
+            &tasks_dropped_and_spawned_while_a_thread_exits,
         ),
         (
             "blocking_calls_inside_a_current_thread_runtime_do_not_deadlock",

@@ -379,6 +379,38 @@ async fn a_thread_pool_has_a_bounded_queue_and_stats() {
     assert_eq!(s.wait_time.count, 4);
 }
 
+/// Tasks queued behind a running one, through every way into the queue
+/// (`spawn`, `apply`, `try_spawn`, `apply_blocking`), count their wait; a
+/// call that found an idle worker counts none.
+#[tokio::test]
+async fn queued_tasks_count_their_wait() {
+    let dir = temp_dir("wait-time");
+    let pool = ProcessPool::builder().workers(1).build().unwrap();
+    assert_eq!(pool.apply(sleep_ms, 0).await, Ok(0)); // idle worker: no wait
+    assert_eq!(pool.stats().wait_time.p99, Duration::ZERO);
+    let running = pool.spawn(mark_then_sleep, (dir.join("started"), 400));
+    assert!(wait_until(Duration::from_secs(10), || dir
+        .join("started")
+        .exists()));
+    let spawned = pool.spawn(sleep_ms, 1);
+    let tried = pool.try_spawn(sleep_ms, 2).unwrap();
+    let blocking = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.apply_blocking(sleep_ms, 3))
+    };
+    let applied = pool.apply(sleep_ms, 4).await;
+    assert_eq!(
+        (running.await, spawned.await, tried.await, applied),
+        (Ok(400), Ok(1), Ok(2), Ok(4))
+    );
+    assert_eq!(blocking.join().unwrap(), Ok(3));
+    let wait = pool.stats().wait_time;
+    assert_eq!(wait.count, 6);
+    // Four of six waited for most of the 400 ms task: the median is one of
+    // them.
+    assert!(wait.p50 >= Duration::from_millis(100), "{wait:?}");
+}
+
 // Niceness is Unix's; Windows maps it to priority classes instead.
 #[cfg(unix)]
 #[tokio::test]

@@ -97,7 +97,8 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
         pid: loan.pid,
         reply_fd: loan.reply_fd,
         pid_fd: loan.pid_fd,
-        buf: SPARE_REPLY.take(),
+        // (Gone when called from a thread-local's destructor.)
+        buf: SPARE_REPLY.try_with(Cell::take).unwrap_or_default(),
         polled: false,
     };
     // SAFETY: the supervisor keeps the job pipe open while the lane is lent,
@@ -220,7 +221,7 @@ impl Exchange {
         }
         if buf.capacity() <= KEEP_REPLY_BUFFER {
             buf.clear();
-            SPARE_REPLY.set(buf);
+            let _ = SPARE_REPLY.try_with(|spare| spare.set(buf));
         }
     }
 

@@ -11,7 +11,7 @@
 //! is the lane's state machine (see [`super::lane`]); the supervisor's side
 //! is [`super::lend`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ops::{Deref, Range};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +29,7 @@ static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// A borrower's read buffer, kept between calls.
-    static REPLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static REPLY: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     /// Whether this thread's calls find their reply in at once.
     static EARLY_READ: Cell<EarlyRead> = const { Cell::new(EarlyRead::new()) };
 }
@@ -100,18 +100,14 @@ pub(crate) fn run(ctx: &PoolCtx, mut job: Job) -> Result<(), Job> {
             exited: (loan.pid_fd >= 0).then(|| BorrowedFd::borrow_raw(loan.pid_fd)),
         }
     };
-    REPLY.with(|cell| {
-        let mut guard = cell.try_borrow_mut();
-        let mut fresh = Vec::new();
-        // Re-entrance is impossible (nothing here calls back into a pool),
-        // but a fresh buffer keeps that an efficiency question only.
-        let buf = guard.as_deref_mut().unwrap_or(&mut fresh);
-        run_on(borrow, &fds, job, (loan.seq, loan.pid), buf);
-        // A large result's buffer is not kept for the next small one.
-        if buf.capacity() > 1 << 20 {
-            *buf = Vec::new();
-        }
-    });
+    // (A thread's buffers may be gone already when it calls from a
+    // thread-local's destructor: a fresh one does then.)
+    let mut buf = REPLY.try_with(Cell::take).unwrap_or_default();
+    run_on(borrow, &fds, job, (loan.seq, loan.pid), &mut buf);
+    // A large result's buffer is not kept for the next small one.
+    if buf.capacity() <= 1 << 20 {
+        let _ = REPLY.try_with(|cell| cell.set(buf));
+    }
     Ok(())
 }
 

@@ -26,6 +26,14 @@ pub(crate) struct Job {
 /// it counts no wait, and costs no clock read.
 pub(crate) const NOT_QUEUED: u64 = u64::MAX;
 
+impl Job {
+    /// The job, stamped as entering the queue now (its wait starts).
+    pub(crate) fn entering_queue(mut self) -> Job {
+        self.queued_at = now_nanos();
+        self
+    }
+}
+
 /// Nanoseconds since the first call: a timestamp half the size of an
 /// `Instant`, which counts when a million tasks wait in a queue.
 pub(crate) fn now_nanos() -> u64 {
@@ -45,9 +53,13 @@ pub(crate) enum Frame {
 }
 
 impl Frame {
-    /// Frames up to this many bytes are kept inline (a job header and an
-    /// argument of about 30 bytes: a few numbers, a short string).
-    pub(crate) const INLINE: usize = 62;
+    /// Frames up to this many bytes are kept inline: the 29-byte job header
+    /// and an argument of up to 17 bytes (a number or two, a short string).
+    /// With the tag this makes a `Frame` 48 bytes, a `Job` 72: a queued task
+    /// with a small argument costs less than with a separate allocation, one
+    /// with a larger argument 32 bytes more than the 16 its frame's pointer
+    /// took before (`examples/queued_memory.rs`).
+    pub(crate) const INLINE: usize = 46;
 
     /// Frames larger than this are shared rather than copied.
     pub(crate) const SHARE_ABOVE: usize = 16 * 1024;
@@ -214,6 +226,12 @@ pub(crate) fn decode<R: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_is_as_small_as_its_docs_say() {
+        assert_eq!(std::mem::size_of::<Frame>(), 48);
+        assert_eq!(std::mem::size_of::<Job>(), 72);
+    }
 
     #[test]
     fn frames_are_inline_copied_or_shared_by_size() {

@@ -253,9 +253,8 @@ impl ProcessPool {
     }
 
     /// Queues a prepared job (waiting for room on a bounded queue).
-    fn enqueue(&self, mut job: Job) {
-        job.queued_at = job::now_nanos();
-        match self.handle.jobs.try_send(job) {
+    fn enqueue(&self, job: Job) {
+        match self.handle.jobs.try_send(job.entering_queue()) {
             Ok(()) => self.queued(),
             Err(async_channel::TrySendError::Full(job)) => {
                 // Backpressure for plain threads: wait for room.
@@ -279,12 +278,13 @@ impl ProcessPool {
         let fn_ref = FnRef::new(f).map_err(|why| Task::failed(TaskError::Unsupported(why)))?;
         // Encoded in this thread's buffer, which the next call reuses unless
         // the frame (large) takes it along.
-        let mut buf = ENCODING.take();
+        // (Gone when called from a thread-local's destructor.)
+        let mut buf = ENCODING.try_with(Cell::take).unwrap_or_default();
         buf.clear();
         let encoded = encode_job(&mut buf, fn_ref, args, self.handle.max_frame)
             .map(|()| Frame::take_from(&mut buf));
         if buf.capacity() <= KEEP_ENCODING_BUFFER {
-            ENCODING.set(buf);
+            let _ = ENCODING.try_with(|cell| cell.set(buf));
         }
         let frame = encoded.map_err(Task::failed)?;
         let shared = Arc::new(Shared::<R>::new(Some(self.handle.hook.clone())));
@@ -335,7 +335,7 @@ impl ProcessPool {
         let Some(job) = self.try_async_lane(job, &mut task) else {
             return task;
         };
-        match self.handle.jobs.send(job).await {
+        match self.handle.jobs.send(job.entering_queue()).await {
             Ok(()) => self.queued(),
             Err(e) => e.into_inner().slot.fail(TaskError::PoolClosed),
         }
@@ -368,7 +368,7 @@ impl ProcessPool {
             Ok(prepared) => prepared,
             Err(failed) => return Ok(failed),
         };
-        match self.handle.jobs.try_send(job) {
+        match self.handle.jobs.try_send(job.entering_queue()) {
             Ok(()) => {
                 self.queued();
                 Ok(task)

@@ -99,7 +99,12 @@ impl Worker {
         // (A remote start is not tried again here: its failures take the
         // time of a connection, and name their host.)
         let launched = match host {
-            None => super::relaunch::retrying(|| ctx.launcher.launch(&spec)).await,
+            None => {
+                let stop = async {
+                    let _ = ctx.stop.recv().await;
+                };
+                super::relaunch::retrying(|| ctx.launcher.launch(&spec), stop).await
+            }
             Some(_) => ctx.launcher.launch(&spec),
         }
         .map_err(Error::Spawn)?;

@@ -61,7 +61,10 @@ impl Worker {
             memory_limit: ctx.config.memory_limit,
             nice: ctx.config.nice,
         };
-        let launched = super::relaunch::retrying(|| ctx.launcher.launch(&spec))
+        let stop = async {
+            let _ = ctx.stop.recv().await;
+        };
+        let launched = super::relaunch::retrying(|| ctx.launcher.launch(&spec), stop)
             .await
             .map_err(Error::Spawn)?;
         let pid = launched.process.pid();
