@@ -107,7 +107,44 @@ pub fn handle_count() -> usize {
     (1..VALUES).filter(|&v| open(v)).count()
 }
 
+/// When process `pid` (this process for `None`) was created, as a
+/// FILETIME count; `None` if it cannot be asked.
+#[cfg(windows)]
+fn created_at(pid: Option<u32>) -> Option<u64> {
+    use windows_sys::Win32::Foundation::{CloseHandle, FILETIME};
+    use windows_sys::Win32::System::Threading::{
+        GetCurrentProcess, GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: the handle is checked, used once, and closed (the current
+    // process's pseudo-handle needs no closing); the times are written into
+    // the four locals.
+    unsafe {
+        let h = match pid {
+            None => GetCurrentProcess(),
+            Some(pid) => OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid),
+        };
+        if h.is_null() {
+            return None;
+        }
+        let ok = GetProcessTimes(h, &mut created, &mut exited, &mut kernel, &mut user) != 0;
+        if pid.is_some() {
+            CloseHandle(h);
+        }
+        ok.then(|| (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
+    }
+}
+
 /// Running child processes of this process.
+///
+/// Windows keeps a process's parent id after the parent is gone and reuses
+/// ids (Wine early and often), so a process that names this one's id as its
+/// parent may be older than this process, the child of a dead one: those are
+/// left out.
 #[cfg(windows)]
 pub fn child_pids() -> Vec<u32> {
     use windows_sys::Win32::Foundation::CloseHandle;
@@ -128,8 +165,10 @@ pub fn child_pids() -> Vec<u32> {
         entry.dwSize = std::mem::size_of::<PROCESSENTRY32>() as u32;
         let mut more = Process32First(snap, &mut entry) != 0;
         while more {
-            if entry.th32ParentProcessID == me && is_running(entry.th32ProcessID) {
-                live.push(entry.th32ProcessID);
+            let pid = entry.th32ProcessID;
+            let younger = created_at(Some(pid)) >= created_at(None);
+            if entry.th32ParentProcessID == me && younger && is_running(pid) {
+                live.push(pid);
             }
             more = Process32Next(snap, &mut entry) != 0;
         }
