@@ -109,8 +109,15 @@ impl PoolCtx {
             .is_ok()
     }
 
-    /// Counts a job that finished after running `nanos` in its worker.
-    pub(crate) fn finished(&self, job: &Job, status: Status, nanos: u64) {
+    /// Counts a job that finished after running `nanos` in its worker;
+    /// `now` tells the time (as [`now_nanos`](super::job::now_nanos)) if
+    /// the job's wait needs it.
+    pub(crate) fn finished(
+        &self,
+        job: &Job,
+        (status, nanos): (Status, u64),
+        now: impl FnOnce() -> u64,
+    ) {
         // Count first, so a caller woken by the result sees it in the
         // statistics.
         self.observe_run(nanos);
@@ -118,7 +125,7 @@ impl PoolCtx {
         let wait = match job.queued_at {
             super::job::NOT_QUEUED => Duration::ZERO,
             queued_at => {
-                let waited = super::job::now_nanos().saturating_sub(queued_at);
+                let waited = now().saturating_sub(queued_at);
                 Duration::from_nanos(waited).saturating_sub(run)
             }
         };

@@ -154,7 +154,7 @@ pub(super) fn settle<C: Deref<Target = PoolCtx>>(
     let lane = &ctx.lanes[borrow.idx];
     lane.answered(seq);
     ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
-    ctx.finished(&job, status, nanos);
+    ctx.finished(&job, (status, nanos), super::job::now_nanos);
     // Tasks waiting in the queue: the supervisor serves them next.
     let more = lane.spend() && ctx.queue.is_empty();
     borrow.end(more);

@@ -61,6 +61,8 @@ pub(crate) struct Worker {
     pub(crate) result_region: Option<Region>,
     /// Results read out of the result region (see [`super::results`]).
     pub(crate) region_copy: super::results::RegionCopy,
+    /// When the results being taken are settled (see [`super::results`]).
+    pub(crate) settled_at: std::cell::Cell<Option<u64>>,
     pub(crate) inbuf: Vec<u8>,
     /// Bytes of the result pipe taken out of `inbuf` so far.
     pub(crate) pipe_taken: u64,
@@ -144,6 +146,7 @@ impl Worker {
             job_region,
             result_region,
             region_copy: Default::default(),
+            settled_at: Default::default(),
             inbuf: Vec::with_capacity(64 * 1024),
             pipe_taken: 0,
             keeper: Default::default(),

@@ -222,7 +222,7 @@ impl Worker {
         }
         if let Some(entry) = inflight.pop_front() {
             ctx.counters.running.fetch_sub(1, Ordering::Relaxed);
-            ctx.finished(&entry.job, status, nanos);
+            ctx.finished(&entry.job, (status, nanos), super::job::now_nanos);
             entry.job.slot.deliver(status, payload, self.pid);
         }
         Ok(())
