@@ -384,17 +384,13 @@ fn inside_blocking_executor() -> bool {
 /// while that keeps finding the reply in (see [`EarlyRead`]): that saves a
 /// turn of the reactor (an `epoll_wait`). `None`: wait for the reactor.
 fn early_read(exchange: &mut Exchange, watch: &mut Watch) -> Option<Step> {
-    if std::mem::replace(&mut exchange.polled, true) || !watch.early_read.due() {
+    if std::mem::replace(&mut exchange.polled, true) {
         return None;
     }
-    match exchange.read() {
-        Ok(Some(body)) => Some(Step::Reply(Ok(body))),
-        Err(failure) => Some(Step::Reply(Err(failure))),
-        Ok(None) => {
-            watch.early_read.missed();
-            None
-        }
-    }
+    watch
+        .early_read
+        .try_read(|| exchange.read())
+        .map(Step::Reply)
 }
 
 impl Inner {

@@ -54,18 +54,23 @@ impl EarlyRead {
         EarlyRead { skip: 0 }
     }
 
-    /// Whether this call reads early (counts the call).
-    pub(super) fn due(&mut self) -> bool {
-        if self.skip == 0 {
-            return true;
+    /// Reads early with `read` if this call is due to: `Some` with what it
+    /// settled (the whole reply, or a failure); `None` when the caller must
+    /// wait (no read this call, or one that found no whole reply, which
+    /// starts the backoff).
+    pub(super) fn try_read<T, E>(
+        &mut self,
+        read: impl FnOnce() -> Result<Option<T>, E>,
+    ) -> Option<Result<T, E>> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
         }
-        self.skip -= 1;
-        false
-    }
-
-    /// An early read found no whole reply.
-    pub(super) fn missed(&mut self) {
-        self.skip = Self::BACKOFF;
+        let settled = read().transpose();
+        if settled.is_none() {
+            self.skip = Self::BACKOFF;
+        }
+        settled
     }
 }
 
@@ -234,17 +239,10 @@ fn exchange(
     crate::pipe_io::write_all(fds.job, frame).map_err(|_| Failure::Died)?;
     buf.clear();
     let mut early = EARLY_READ.get();
-    if early.due() {
-        let read = read_reply(fds.reply, buf, max);
-        if !matches!(read, Ok(Some(_))) {
-            early.missed();
-        }
-        EARLY_READ.set(early);
-        if let Some(body) = read? {
-            return Ok(body);
-        }
-    } else {
-        EARLY_READ.set(early);
+    let settled = early.try_read(|| read_reply(fds.reply, buf, max));
+    EARLY_READ.set(early);
+    if let Some(reply) = settled {
+        return reply;
     }
     loop {
         // The task may run for long; part of a frame may not.

@@ -47,7 +47,7 @@ impl Worker {
         // (its write returned before its store of `head`), including any a
         // task scribbled there, which must fail that task, not a later one.
         let bounds = self.ring.as_ref().map(|ring| ring.pending());
-        self.settled_at.set(None);
+        self.settled_at.take();
         self.pipe_reading();
         read_available(&self.rx, &mut self.inbuf);
         self.pipe_read_done();
@@ -68,20 +68,6 @@ impl Worker {
         // A frame still arriving counts as a large use: its buffer is kept.
         self.keeper.after_use(&mut self.inbuf, held);
         outcome
-    }
-
-    /// The time results taken together are settled at, read once for all
-    /// of them (for their wait statistics: a wait a few microseconds long
-    /// matters less than a clock read per small task).
-    fn settled_at(&self) -> u64 {
-        match self.settled_at.get() {
-            Some(now) => now,
-            None => {
-                let now = super::job::now_nanos();
-                self.settled_at.set(Some(now));
-                now
-            }
-        }
     }
 
     /// Handles every complete frame of the pipe; returns the bytes used.
@@ -222,7 +208,10 @@ impl Worker {
                     let total = sent.elapsed().as_nanos() as u64;
                     counters.note_round_trip(self.slot, total.saturating_sub(nanos));
                 }
-                ctx.finished(&entry.job, (status, nanos), || self.settled_at());
+                // One clock read for all results taken together: a wait a
+                // few microseconds long matters less than a read per task.
+                let now = || *self.settled_at.get_or_init(super::job::now_nanos);
+                ctx.finished(&entry.job, (status, nanos), now);
                 entry.job.slot.deliver(status, payload, self.pid);
             }
             None => unreachable!("checked above"),

@@ -62,7 +62,7 @@ pub(crate) struct Worker {
     /// Results read out of the result region (see [`super::results`]).
     pub(crate) region_copy: super::results::RegionCopy,
     /// When the results being taken are settled (see [`super::results`]).
-    pub(crate) settled_at: std::cell::Cell<Option<u64>>,
+    pub(crate) settled_at: std::cell::OnceCell<u64>,
     pub(crate) inbuf: Vec<u8>,
     /// Bytes of the result pipe taken out of `inbuf` so far.
     pub(crate) pipe_taken: u64,
