@@ -161,6 +161,7 @@ mod panic_info;
 mod pipe_io;
 mod pool;
 mod process;
+mod queue;
 #[cfg(unix)]
 mod region;
 mod remote;

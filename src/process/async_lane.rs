@@ -62,16 +62,16 @@ const KEEP_REPLY_BUFFER: usize = 64 * 1024;
 /// was handed to the supervisor, which settles it; `Err` gives the job back
 /// untouched.
 pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn Driver>>, Job> {
-    if ctx.lanes.is_empty() || !ctx.queue.is_empty() || !job.frame.is_small() {
-        return Err(job);
-    }
-    if inside_blocking_executor() {
+    // The checks that read only this thread's state come first: outside a
+    // runtime a spawn must not touch the queue's cache lines, which the
+    // supervisor writes with every job it takes.
+    if ctx.lanes.is_empty() || !job.frame.is_small() || inside_blocking_executor() {
         return Err(job);
     }
     let Ok(origin) = Handle::try_current() else {
         return Err(job);
     };
-    if NO_IO.get() == Some(origin.id()) {
+    if NO_IO.get() == Some(origin.id()) || !ctx.queue.is_empty() {
         return Err(job);
     }
     let Some(idx) = direct::borrow_any(&ctx.lanes) else {

@@ -16,6 +16,7 @@ use super::job::Job;
 use super::pool::ProcessPool;
 use super::start;
 use crate::func_ref;
+use crate::queue::Queue;
 use crate::stats::Counters;
 use crate::{worker, Error};
 #[cfg(doc)]
@@ -485,23 +486,12 @@ impl ProcessPoolBuilder {
         let config = self.slot_config()?;
         let local = config.slot_hosts.iter().filter(|h| h.is_none()).count();
         let launcher = crate::remote::launcher(local, &self.remotes)?;
-        let (jobs_tx, jobs_rx) = match self.max_queue {
-            Some(n) => async_channel::bounded(n),
-            None => async_channel::unbounded(),
-        };
         let (stop_tx, stop_rx) = async_channel::bounded(1);
-        let ctx = Arc::new(pool_ctx(
-            config,
-            launcher,
-            jobs_rx,
-            jobs_tx.clone(),
-            stop_rx,
-            stop_tx.clone(),
-        ));
-        let done_rx = start::supervisors(&ctx, &jobs_tx, &stop_tx)?;
+        let queue = Queue::new(self.max_queue);
+        let ctx = Arc::new(pool_ctx(config, launcher, queue, stop_rx, stop_tx.clone()));
+        let done_rx = start::supervisors(&ctx, &stop_tx)?;
         Ok(ProcessPool::from_parts(
             ctx,
-            jobs_tx,
             stop_tx,
             done_rx,
             self.max_frame,
@@ -586,8 +576,7 @@ impl ProcessPoolBuilder {
 fn pool_ctx(
     config: SlotConfig,
     launcher: Box<dyn super::launcher::Launcher>,
-    queue: async_channel::Receiver<Job>,
-    requeue: async_channel::Sender<Job>,
+    queue: Queue<Job>,
     stop: async_channel::Receiver<()>,
     stop_sender: async_channel::Sender<()>,
 ) -> PoolCtx {
@@ -596,7 +585,6 @@ fn pool_ctx(
         config,
         launcher,
         queue,
-        requeue,
         stop,
         _stop_sender: stop_sender,
         cancels: (0..workers).map(|_| tokio::sync::Notify::new()).collect(),

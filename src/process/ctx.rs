@@ -13,6 +13,7 @@ use super::init::InitJob;
 use super::job::Job;
 use super::lane::Lane;
 use super::launcher::Launcher;
+use crate::queue::Queue;
 use crate::stats::Counters;
 use crate::task::CancelHook;
 use crate::wire::Status;
@@ -41,11 +42,8 @@ pub(crate) struct SlotConfig {
 pub(crate) struct PoolCtx {
     pub(crate) config: SlotConfig,
     pub(crate) launcher: Box<dyn Launcher>,
-    pub(crate) queue: async_channel::Receiver<Job>,
-    /// The queue's sending side, for a job a lent-out worker's supervisor
-    /// passes on to another worker. (Closing the pool closes the channel
-    /// explicitly, so holding a sender here does not keep it open.)
-    pub(crate) requeue: async_channel::Sender<Job>,
+    /// Tasks waiting for a worker: callers push, every slot pops.
+    pub(crate) queue: Queue<Job>,
     /// Closed by `terminate`: every supervisor kills its worker at once.
     pub(crate) stop: async_channel::Receiver<()>,
     /// Keeps `stop` open until it is closed on purpose (a channel also closes

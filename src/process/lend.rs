@@ -9,6 +9,7 @@ use super::job::Job;
 use super::lane::{Lane, Settled, TAKEOVER_AGAIN};
 use super::unpolled::UnpolledWatch;
 use super::worker::{exit_of, sleep_or_never, Worker};
+use crate::queue::PushError;
 
 /// Why a worker stopped being lent out.
 pub(crate) enum Lent {
@@ -83,10 +84,10 @@ impl Worker {
                 _ = exit_of(&self.exited) => return Lent::Exited,
                 // An async borrower's task was aborted: its worker must die.
                 _ = ctx.cancels[idx].notified() => lane.take_over(true),
-                job = ctx.queue.recv(), if listen => match job {
-                    Err(_) => return Lent::QueueClosed,
-                    Ok(job) if lane.try_close() => return Lent::Job(job),
-                    Ok(job) => match requeue(ctx, lane, job) {
+                job = ctx.queue.pop(), if listen => match job {
+                    None => return Lent::QueueClosed,
+                    Some(job) if lane.try_close() => return Lent::Job(job),
+                    Some(job) => match requeue(ctx, lane, job) {
                         Ok(watching) => {
                             listen = !watching;
                             lane.take_over(false);
@@ -145,7 +146,7 @@ impl Worker {
 /// waiting then). `Ok(true)` when the borrow is now watched; `Err` gives the
 /// job back when the queue has no room for it.
 fn requeue(ctx: &PoolCtx, lane: &Lane, job: Job) -> Result<bool, Job> {
-    ctx.requeue.try_send(job).map_err(|e| e.into_inner())?;
+    ctx.queue.try_push(job).map_err(PushError::into_inner)?;
     let watching = lane.watch();
     // A lent worker is not idle: an elastic pool may start one for this job.
     if ctx.elastic() && ctx.idle.load(Ordering::Acquire) == 0 {

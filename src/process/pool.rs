@@ -21,6 +21,7 @@ use super::direct;
 use super::job::{self, Frame, Job};
 use crate::func_ref::FnRef;
 use crate::map::{Map, MapIter, ProcessChunks};
+use crate::queue::PushError;
 use crate::stats::PoolStats;
 use crate::task::{CancelHook, Shared};
 #[cfg(doc)]
@@ -82,7 +83,6 @@ pub struct ProcessPool {
 struct Handle {
     ctx: Arc<PoolCtx>,
     hook: Arc<dyn CancelHook>,
-    jobs: async_channel::Sender<Job>,
     stop: async_channel::Sender<()>,
     done: async_channel::Receiver<()>,
     workers: usize,
@@ -93,7 +93,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         // Last handle gone: no new work can arrive; the supervisors finish what
         // is queued and let their workers exit.
-        self.jobs.close();
+        self.ctx.queue.close();
     }
 }
 
@@ -101,8 +101,8 @@ impl std::fmt::Debug for ProcessPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessPool")
             .field("workers", &self.handle.workers)
-            .field("queued", &self.handle.jobs.len())
-            .field("closed", &self.handle.jobs.is_closed())
+            .field("queued", &self.handle.ctx.queue.len())
+            .field("closed", &self.handle.ctx.queue.is_closed())
             .finish()
     }
 }
@@ -239,7 +239,7 @@ impl ProcessPool {
     /// for `job`; gives it back if it must be queued.
     #[cfg(unix)]
     fn try_async_lane<R>(&self, job: Job, task: &mut Task<R>) -> Option<Job> {
-        if self.handle.jobs.is_closed() {
+        if self.handle.ctx.queue.is_closed() {
             return Some(job); // (the queue fails it)
         }
         match async_lane::start(&self.handle.ctx, job) {
@@ -254,16 +254,17 @@ impl ProcessPool {
 
     /// Queues a prepared job (waiting for room on a bounded queue).
     fn enqueue(&self, job: Job) {
-        match self.handle.jobs.try_send(job.entering_queue()) {
+        let queue = &self.handle.ctx.queue;
+        match queue.try_push(job.entering_queue()) {
             Ok(()) => self.queued(),
-            Err(async_channel::TrySendError::Full(job)) => {
+            Err(PushError::Full(job)) => {
                 // Backpressure for plain threads: wait for room.
-                match self.handle.jobs.send_blocking(job) {
+                match queue.push_blocking(job) {
                     Ok(()) => self.queued(),
-                    Err(e) => e.into_inner().slot.fail(TaskError::PoolClosed),
+                    Err(job) => job.slot.fail(TaskError::PoolClosed),
                 }
             }
-            Err(async_channel::TrySendError::Closed(job)) => job.slot.fail(TaskError::PoolClosed),
+            Err(PushError::Closed(job)) => job.slot.fail(TaskError::PoolClosed),
         }
     }
 
@@ -335,9 +336,9 @@ impl ProcessPool {
         let Some(job) = self.try_async_lane(job, &mut task) else {
             return task;
         };
-        match self.handle.jobs.send(job.entering_queue()).await {
+        match self.handle.ctx.queue.push(job.entering_queue()).await {
             Ok(()) => self.queued(),
-            Err(e) => e.into_inner().slot.fail(TaskError::PoolClosed),
+            Err(job) => job.slot.fail(TaskError::PoolClosed),
         }
         task
     }
@@ -361,20 +362,20 @@ impl ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        if self.handle.jobs.is_closed() {
+        if self.handle.ctx.queue.is_closed() {
             return Err(TrySpawnError::Closed);
         }
         let (job, task) = match self.prepare(f, &args) {
             Ok(prepared) => prepared,
             Err(failed) => return Ok(failed),
         };
-        match self.handle.jobs.try_send(job.entering_queue()) {
+        match self.handle.ctx.queue.try_push(job.entering_queue()) {
             Ok(()) => {
                 self.queued();
                 Ok(task)
             }
             Err(e) => {
-                let full = e.is_full();
+                let full = matches!(e, PushError::Full(_));
                 // Nothing was queued: the task must not count as cancelled.
                 task.detach();
                 Err(if full {
@@ -413,8 +414,10 @@ impl ProcessPool {
     /// ```
     pub fn stats(&self) -> PoolStats {
         let ctx = &self.handle.ctx;
-        ctx.counters
-            .snapshot(self.handle.jobs.len(), ctx.live.load(Ordering::Acquire))
+        ctx.counters.snapshot(
+            self.handle.ctx.queue.len(),
+            ctx.live.load(Ordering::Acquire),
+        )
     }
 
     /// Runs `f(args)` in a worker and waits for the result: `spawn` then
@@ -486,7 +489,7 @@ impl ProcessPool {
         let task = match self.prepare(f, &args) {
             // An idle worker is borrowed and spoken to from this thread (the
             // direct lane): half the thread switches of the queue's path.
-            Ok((job, task)) if self.handle.jobs.is_closed() => {
+            Ok((job, task)) if self.handle.ctx.queue.is_closed() => {
                 job.slot.fail(TaskError::PoolClosed);
                 task
             }
@@ -631,7 +634,7 @@ impl ProcessPool {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(&self) {
-        self.handle.jobs.close();
+        self.handle.ctx.queue.close();
         let _ = self.handle.done.recv().await;
     }
 
@@ -651,8 +654,8 @@ impl ProcessPool {
     /// ```
     pub fn terminate(&self) {
         self.handle.stop.close();
-        self.handle.jobs.close();
-        while let Ok(job) = self.handle.ctx.queue.try_recv() {
+        self.handle.ctx.queue.close();
+        while let Some(job) = self.handle.ctx.queue.try_pop() {
             job.slot.fail(TaskError::PoolClosed);
         }
         let _ = self.handle.done.recv_blocking();
@@ -661,11 +664,10 @@ impl ProcessPool {
 
 impl ProcessPool {
     /// The handle of a pool whose supervisors run (see [`super::start`]):
-    /// `jobs` feeds them, closing `stop` terminates them, and `done` closes
+    /// `ctx.queue` feeds them, closing `stop` terminates them, and `done` closes
     /// once they have all finished.
     pub(super) fn from_parts(
         ctx: Arc<PoolCtx>,
-        jobs: async_channel::Sender<Job>,
         stop: async_channel::Sender<()>,
         done: async_channel::Receiver<()>,
         max_frame: u64,
@@ -676,7 +678,6 @@ impl ProcessPool {
             handle: Arc::new(Handle {
                 ctx,
                 hook,
-                jobs,
                 stop,
                 done,
                 workers,

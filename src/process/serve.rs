@@ -19,6 +19,7 @@ use super::lane::Failure;
 use super::lend::Lent;
 use super::outbox::Outbox;
 use super::worker::{exit_of, rss_bytes, sleep_or_never, InFlight, Worker};
+use crate::queue::Queue;
 use crate::region::Region;
 use crate::stats::Counters;
 use crate::wire;
@@ -425,8 +426,8 @@ impl<'a> Service<'a> {
 
     /// A job came (or the queue closed): send it, and more while there is
     /// room.
-    fn on_job(&mut self, job: Result<Job, async_channel::RecvError>, depth: usize) {
-        let Ok(job) = job else {
+    fn on_job(&mut self, job: Option<Job>, depth: usize) {
+        let Some(job) = job else {
             self.queue_open = false;
             return;
         };
@@ -438,7 +439,7 @@ impl<'a> Service<'a> {
                 Counters::bump(&self.ctx.counters.cancelled);
             }
             if !self.inflight.is_empty() && self.room(depth) {
-                next = self.ctx.queue.try_recv().ok();
+                next = self.ctx.queue.try_pop();
             }
         }
     }
@@ -475,12 +476,9 @@ impl<'a> Service<'a> {
 }
 
 /// The job held back while the worker was lent, else the next queued one.
-async fn next_job(
-    pending: &mut Option<Job>,
-    queue: &async_channel::Receiver<Job>,
-) -> Result<Job, async_channel::RecvError> {
+async fn next_job(pending: &mut Option<Job>, queue: &Queue<Job>) -> Option<Job> {
     match pending.take() {
-        Some(job) => Ok(job),
-        None => queue.recv().await,
+        Some(job) => Some(job),
+        None => queue.pop().await,
     }
 }

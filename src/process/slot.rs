@@ -130,12 +130,12 @@ async fn break_crash_loop(
             _ = &mut deadline => break,
             _ = ctx.stop.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(50)), if !orphaned => {}
-            job = ctx.queue.recv(), if orphaned => match job {
-                Ok(job) => {
+            job = ctx.queue.pop(), if orphaned => match job {
+                Some(job) => {
                     Counters::bump(&ctx.counters.failed);
                     job.slot.fail(TaskError::WorkerStart(why.clone()));
                 }
-                Err(_) => break,
+                None => break,
             },
         }
     }
@@ -150,7 +150,7 @@ fn close(ctx: &PoolCtx, carried: VecDeque<Job>) {
     // Whatever path ended this slot, leave no queued task unresolved once the
     // queue can no longer be served.
     if ctx.stop.is_closed() || ctx.queue.is_closed() {
-        while let Ok(job) = ctx.queue.try_recv() {
+        while let Some(job) = ctx.queue.try_pop() {
             job.slot.fail(TaskError::PoolClosed);
         }
     }

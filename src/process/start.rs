@@ -8,7 +8,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::ctx::PoolCtx;
-use super::job::Job;
 use super::slot::supervise;
 use crate::Error;
 
@@ -17,7 +16,6 @@ use crate::Error;
 /// start the pool is stopped and the thread joined before the error returns.
 pub(super) fn supervisors(
     ctx: &Arc<PoolCtx>,
-    jobs: &async_channel::Sender<Job>,
     stop: &async_channel::Sender<()>,
 ) -> Result<async_channel::Receiver<()>, Error> {
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -35,7 +33,7 @@ pub(super) fn supervisors(
         .map_err(Error::Thread)?;
     if let Some(e) = first_failure(&ready_rx, ctx.config.workers) {
         stop.close();
-        jobs.close();
+        ctx.queue.close();
         let _ = thread.join();
         return Err(e);
     }

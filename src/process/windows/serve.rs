@@ -143,7 +143,7 @@ impl Service<'_> {
                     Err(_) => Some(Stop::Died),
                 }
             }
-            job = ctx.queue.recv(), if take => {
+            job = ctx.queue.pop(), if take => {
                 self.on_job(job);
                 None
             }
@@ -221,8 +221,8 @@ impl Service<'_> {
     }
 
     /// A job came (or the queue closed): send it.
-    fn on_job(&mut self, job: Result<Job, async_channel::RecvError>) {
-        let Ok(job) = job else {
+    fn on_job(&mut self, job: Option<Job>) {
+        let Some(job) = job else {
             self.queue_open = false;
             return;
         };
