@@ -7,6 +7,7 @@ use std::time::Instant;
 use futures::Stream;
 
 use crate::map::{Map, MapIter, ThreadChunks};
+use crate::queue::{PushError, Queue};
 use crate::stats::{Counters, PoolStats};
 use crate::task::Shared;
 use crate::{panic_info, Error, Task, TaskError, TrySpawnError};
@@ -52,8 +53,7 @@ pub struct ThreadPool {
 struct Handle {
     /// Set by `terminate`: threads fail what they dequeue instead of running it.
     terminated: Arc<std::sync::atomic::AtomicBool>,
-    jobs: async_channel::Sender<Job>,
-    queue: async_channel::Receiver<Job>,
+    queue: Arc<Queue<Job>>,
     /// Where idle threads sleep; told about every queued job and the close.
     idle: Arc<Idle>,
     done: async_channel::Receiver<()>,
@@ -71,7 +71,7 @@ impl Drop for Handle {
 impl Handle {
     /// Closes the queue and wakes every idle thread to see it.
     fn close(&self) {
-        self.jobs.close();
+        self.queue.close();
         self.idle.wake_all();
     }
 }
@@ -103,22 +103,25 @@ impl Idle {
 
     /// The next job, sleeping while the queue is empty; `None` once the queue
     /// is closed and empty.
-    fn next_job(&self, queue: &async_channel::Receiver<Job>) -> Option<Job> {
+    fn next_job(&self, queue: &Queue<Job>) -> Option<Job> {
+        // `Some(next)` unless the queue is open and empty. Closing comes
+        // after the last push, so a closed queue seen empty stays empty.
+        let look = || match queue.try_pop() {
+            None if !(queue.is_closed() && queue.is_empty()) => None,
+            next => Some(next),
+        };
         loop {
-            match queue.try_recv() {
-                Ok(job) => return Some(job),
-                Err(async_channel::TryRecvError::Closed) => return None,
-                Err(async_channel::TryRecvError::Empty) => {}
+            if let Some(next) = look() {
+                return next;
             }
             let wakeups = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             // Pairs with the fence in `wake_one`: either that sender sees this
             // sleeper, or this look sees its job.
             fence(Ordering::SeqCst);
-            let next = queue.try_recv();
-            if !matches!(next, Err(async_channel::TryRecvError::Empty)) {
+            if let Some(next) = look() {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
-                return next.ok();
+                return next;
             }
             // The waker took this thread off `sleepers` when it handed out
             // the wake-up.
@@ -162,8 +165,8 @@ impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThreadPool")
             .field("threads", &self.handle.threads)
-            .field("queued", &self.handle.jobs.len())
-            .field("closed", &self.handle.jobs.is_closed())
+            .field("queued", &self.handle.queue.len())
+            .field("closed", &self.handle.queue.is_closed())
             .finish()
     }
 }
@@ -276,16 +279,14 @@ impl ThreadPool {
         R: Send + 'static,
     {
         let (job, task) = self.prepare(f);
-        match self.handle.jobs.try_send(job) {
+        match self.handle.queue.try_push(job) {
             Ok(()) => self.handle.idle.wake_one(),
             // Backpressure for plain threads: wait for room.
-            Err(async_channel::TrySendError::Full(job)) => {
-                match self.handle.jobs.send_blocking(job) {
-                    Ok(()) => self.handle.idle.wake_one(),
-                    Err(e) => (e.into_inner())(false),
-                }
-            }
-            Err(async_channel::TrySendError::Closed(job)) => job(false),
+            Err(PushError::Full(job)) => match self.handle.queue.push_blocking(job) {
+                Ok(()) => self.handle.idle.wake_one(),
+                Err(job) => job(false),
+            },
+            Err(PushError::Closed(job)) => job(false),
         }
         task
     }
@@ -311,9 +312,9 @@ impl ThreadPool {
         R: Send + 'static,
     {
         let (job, task) = self.prepare(f);
-        match self.handle.jobs.send(job).await {
+        match self.handle.queue.push(job).await {
             Ok(()) => self.handle.idle.wake_one(),
-            Err(e) => (e.into_inner())(false),
+            Err(job) => job(false),
         }
         task
     }
@@ -362,14 +363,14 @@ impl ThreadPool {
         R: Send + 'static,
     {
         let (job, task) = self.prepare(move || f(args));
-        match self.handle.jobs.try_send(job) {
+        match self.handle.queue.try_push(job) {
             Ok(()) => {
                 self.handle.idle.wake_one();
                 Ok(task)
             }
             Err(e) => {
                 task.detach();
-                Err(if e.is_full() {
+                Err(if matches!(e, PushError::Full(_)) {
                     TrySpawnError::Full
                 } else {
                     TrySpawnError::Closed
@@ -399,7 +400,7 @@ impl ThreadPool {
     pub fn stats(&self) -> PoolStats {
         self.handle
             .counters
-            .snapshot(self.handle.jobs.len(), self.handle.threads)
+            .snapshot(self.handle.queue.len(), self.handle.threads)
     }
 
     /// Wraps a closure into a queue entry and its task.
@@ -607,7 +608,7 @@ impl ThreadPool {
     pub fn terminate(&self) {
         self.handle.terminated.store(true, Ordering::Release);
         self.handle.close();
-        while let Ok(job) = self.handle.queue.try_recv() {
+        while let Some(job) = self.handle.queue.try_pop() {
             job(false);
         }
     }
@@ -733,15 +734,12 @@ impl ThreadPoolBuilder {
         } else {
             self.threads
         };
-        let (jobs_tx, jobs_rx) = match self.max_queue {
-            Some(n) => async_channel::bounded::<Job>(n),
-            None => async_channel::unbounded::<Job>(),
-        };
+        let queue = Arc::new(Queue::new(self.max_queue));
         let (done_tx, done_rx) = async_channel::bounded::<()>(1);
         let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let idle = Arc::new(Idle::new());
         for i in 0..threads {
-            let jobs = jobs_rx.clone();
+            let jobs = queue.clone();
             let sleep = idle.clone();
             let stop = terminated.clone();
             let done = done_tx.clone();
@@ -757,7 +755,7 @@ impl ThreadPoolBuilder {
                 }
             });
             if let Err(e) = started {
-                jobs_tx.close();
+                queue.close();
                 idle.wake_all();
                 return Err(Error::Thread(e));
             }
@@ -765,8 +763,7 @@ impl ThreadPoolBuilder {
         Ok(ThreadPool {
             handle: Arc::new(Handle {
                 terminated,
-                jobs: jobs_tx,
-                queue: jobs_rx,
+                queue,
                 idle,
                 done: done_rx,
                 threads,
