@@ -205,13 +205,20 @@ fn shipped_once_reused_and_verified() {
     let after = std::fs::metadata(&path).unwrap();
     assert_eq!((before.ino(), before.mtime()), (after.ino(), after.mtime()));
     assert_eq!(block_on(pool.apply(square, 3)), Ok(9));
-    drop(pool);
+    block_on(pool.shutdown());
 
-    // A damaged copy fails verification and is replaced before use.
+    // A damaged copy fails verification and is replaced before use. (The far
+    // worker may still be exiting after its ssh session closed: the file
+    // is busy until it has.)
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x55;
-    std::fs::write(&path, &bytes).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = std::fs::write(&path, &bytes) {
+        let busy = e.kind() == std::io::ErrorKind::ExecutableFileBusy;
+        assert!(busy && Instant::now() < deadline, "damaging the copy: {e}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pool = ProcessPool::builder().remote(ssh(1)).build().unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&me).unwrap());
     assert_eq!(block_on(pool.apply(square, 4)), Ok(16));
