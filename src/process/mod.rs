@@ -3,8 +3,9 @@
 //! # How a task travels
 //!
 //! 1. [`pool`]: `spawn` (and every method built on it) serialises the call
-//!    into a [`job::Job`] and puts it on the pool's queue, a channel that all
-//!    slots share through the [`ctx::PoolCtx`]. (The pool was made by the
+//!    into a [`job::Job`] and puts it on the pool's queue
+//!    ([`crate::queue`]), which all slots share through the
+//!    [`ctx::PoolCtx`]. (The pool was made by the
 //!    [`builder`], which had [`start`] run the supervisor thread.)
 //! 2. [`slot`]: each worker slot, a task on the supervisor thread, keeps one
 //!    [`worker::Worker`] running: it starts it, lets it serve, and replaces
@@ -31,7 +32,7 @@
 //! ```text
 //! builder -> pool, start, ctx, init, job, launcher
 //! pool    -> async_lane, direct, ctx, job
-//! start   -> slot, ctx, job
+//! start   -> slot, ctx
 //! slot    -> serve, ending, worker, ctx, job
 //! serve   -> async_lane, lend, ending, worker, outbox, ctx, lane, job
 //! lend    -> worker, ctx, lane, job
@@ -54,6 +55,8 @@
 //! result ring, `crate::ring`, is used by `launcher` (which creates it),
 //! `worker` (which holds it) and `results` (which reads it); so are the
 //! regions for large frames, `crate::region`, which `serve` also writes.
+//! The task queue, `crate::queue`, imports nothing of this crate; `ctx`
+//! holds it, and `builder`, `pool`, `serve` and `lend` use it.
 
 //!
 //! # Windows
