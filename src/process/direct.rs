@@ -39,25 +39,30 @@ thread_local! {
 /// the write hands the CPU to the worker, which answers before the caller
 /// runs again: the reply is in, and reading it at once saves a wait (a
 /// `poll`, or a turn of the caller's reactor). Where the worker runs on
-/// another CPU the reply is never in yet, so after a read that finds
-/// nothing the next [`EarlyRead::BACKOFF`] calls wait first.
+/// another CPU the reply is never in yet, so a read that finds nothing makes
+/// the next calls wait first: 1, 3, 7, then 15 of them as misses repeat,
+/// so a worker elsewhere costs a wasted read every 16th call, and the odd
+/// miss of a worker on the same CPU (it did not get the CPU at once) costs
+/// one call's early read, not sixteen.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct EarlyRead {
     /// Calls left that wait first.
     skip: u8,
+    /// Early reads in a row that found nothing (up to [`Self::MAX_MISSES`]).
+    misses: u8,
 }
 
 impl EarlyRead {
-    const BACKOFF: u8 = 16;
+    const MAX_MISSES: u8 = 4;
 
     pub(super) const fn new() -> Self {
-        EarlyRead { skip: 0 }
+        EarlyRead { skip: 0, misses: 0 }
     }
 
     /// Reads early with `read` if this call is due to: `Some` with what it
     /// settled (the whole reply, or a failure); `None` when the caller must
     /// wait (no read this call, or one that found no whole reply, which
-    /// starts the backoff).
+    /// starts or lengthens the backoff).
     pub(super) fn try_read<T, E>(
         &mut self,
         read: impl FnOnce() -> Result<Option<T>, E>,
@@ -68,7 +73,10 @@ impl EarlyRead {
         }
         let settled = read().transpose();
         if settled.is_none() {
-            self.skip = Self::BACKOFF;
+            self.misses = (self.misses + 1).min(Self::MAX_MISSES);
+            self.skip = (1 << self.misses) - 1;
+        } else {
+            self.misses = 0;
         }
         settled
     }
@@ -345,4 +353,42 @@ pub(super) fn check(body: &[u8], seq: u64) -> Result<(Status, u64, Range<usize>)
 
 fn protocol(message: impl Into<String>) -> Failure {
     Failure::Protocol(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EarlyRead;
+
+    /// Which of `calls` calls read early, when every early read finds what
+    /// `found` says for it (by the call's number).
+    fn reads(calls: usize, found: impl Fn(usize) -> bool) -> Vec<usize> {
+        let mut early = EarlyRead::new();
+        let mut read = Vec::new();
+        for call in 0..calls {
+            let _ = early.try_read(|| {
+                read.push(call);
+                Ok::<_, ()>(found(call).then_some(()))
+            });
+        }
+        read
+    }
+
+    #[test]
+    fn repeated_misses_back_off_up_to_sixteen_calls() {
+        assert_eq!(
+            reads(60, |_| false),
+            [0, 2, 6, 14, 30, 46],
+            "skips 1, 3, 7, then 15 calls"
+        );
+    }
+
+    #[test]
+    fn a_lone_miss_skips_one_call_and_a_hit_resets_the_backoff() {
+        // Call 3 misses; 4 waits; 5 reads and finds the reply again.
+        let read = reads(10, |call| call != 3);
+        assert_eq!(read, [0, 1, 2, 3, 5, 6, 7, 8, 9]);
+        // Two misses in a row, then hits: the second costs three calls.
+        let read = reads(10, |call| call != 0 && call != 2);
+        assert_eq!(read, [0, 2, 6, 7, 8, 9]);
+    }
 }
