@@ -92,7 +92,7 @@ impl Default for ProcessPoolBuilder {
             workers: 0,
             min_workers: None,
             max_frame: DEFAULT_MAX_FRAME,
-            pipeline_depth: 64,
+            pipeline_depth: 256,
             start_timeout: Duration::from_secs(60),
             identity: None,
             max_tasks: None,
@@ -386,7 +386,7 @@ impl ProcessPoolBuilder {
     }
 
     /// At most how many tasks a worker may hold at once: the one it runs plus
-    /// those sent ahead to hide the round trip (default 64). Within this cap
+    /// those sent ahead to hide the round trip (default 256). Within this cap
     /// the pool sends ahead only about 200 µs of expected work, judged from
     /// measured run times, and only while at least two tasks per worker wait,
     /// so no worker idles while another holds a backlog and no task waits
