@@ -165,6 +165,7 @@ impl<T> Queue<T> {
 
     /// The oldest item, once there is one; `None` once the queue is closed
     /// and empty. Cancel-safe: an item is taken only when this returns it.
+    /// Not fused: polled again after `Ready(Some)`, it takes the next item.
     pub(crate) fn pop(&self) -> Pop<'_, T> {
         Pop {
             queue: self,
@@ -234,8 +235,33 @@ impl<T> Future for Pop<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
     use std::sync::Arc;
     use std::time::Duration;
+
+    /// Runs `f` on a thread of its own and returns what it returns; fails
+    /// (instead of hanging the test) if that takes longer than 20 s.
+    fn within<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a wake-up was lost: still waiting after 20 s")
+    }
+
+    /// A waker that records that it was woken.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn flag_waker() -> (Arc<Flag>, std::task::Waker) {
+        let flag = Arc::new(Flag::default());
+        (flag.clone(), std::task::Waker::from(flag))
+    }
 
     #[test]
     fn items_come_out_in_order_and_a_closed_queue_drains_then_ends() {
@@ -260,27 +286,43 @@ mod tests {
         queue.try_push(1).unwrap();
         queue.try_push(2).unwrap();
         assert!(matches!(queue.try_push(3), Err(PushError::Full(3))));
-        let pusher = {
+        let (tx, rx) = mpsc::channel();
+        {
             let queue = queue.clone();
-            std::thread::spawn(move || queue.push_blocking(3))
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(queue.len(), 2, "the push waits for room");
+            std::thread::spawn(move || tx.send(queue.push_blocking(3)));
+        }
+        let waited = rx.recv_timeout(Duration::from_millis(100));
+        assert!(waited.is_err(), "the push waits for room");
         assert_eq!(queue.try_pop(), Some(1));
-        assert_eq!(pusher.join().unwrap(), Ok(()));
+        let pushed = rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(pushed, Ok(Ok(())), "the pop woke the waiting push");
         assert_eq!(queue.try_pop(), Some(2));
         assert_eq!(queue.try_pop(), Some(3));
+    }
+
+    #[test]
+    fn an_async_push_waits_for_room_and_wakes_at_a_pop() {
+        let queue = Queue::new(Some(1));
+        queue.try_push(1).unwrap();
+        let (flag, waker) = flag_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut push = Box::pin(queue.push(2));
+        assert!(push.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(queue.try_pop(), Some(1));
+        assert!(flag.0.load(Ordering::SeqCst), "the pop woke the push");
+        assert_eq!(push.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+        assert_eq!(queue.try_pop(), Some(2));
     }
 
     #[test]
     fn closing_wakes_a_blocked_producer_and_a_waiting_consumer() {
         let full = Arc::new(Queue::new(Some(1)));
         full.try_push(0).unwrap();
+        let empty = Arc::new(Queue::<u32>::new(None));
         let pusher = {
             let full = full.clone();
             std::thread::spawn(move || full.push_blocking(1))
         };
-        let empty = Arc::new(Queue::<u32>::new(None));
         let popper = {
             let empty = empty.clone();
             std::thread::spawn(move || futures::executor::block_on(empty.pop()))
@@ -288,18 +330,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         full.close();
         empty.close();
-        assert_eq!(pusher.join().unwrap(), Err(1));
-        assert_eq!(popper.join().unwrap(), None);
+        let (pushed, popped) = within(move || (pusher.join().unwrap(), popper.join().unwrap()));
+        assert_eq!(pushed, Err(1));
+        assert_eq!(popped, None);
     }
 
-    /// A waker that records that it was woken.
-    #[derive(Default)]
-    struct Flag(AtomicBool);
-
-    impl std::task::Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
+    #[test]
+    fn each_push_wakes_one_more_waiting_consumer() {
+        // Two idle consumers, two pushes: both must wake (else one item
+        // waits for a consumer that is busy with the other).
+        let queue = Queue::new(None);
+        let (first_flag, first_waker) = flag_waker();
+        let (second_flag, second_waker) = flag_waker();
+        let mut first = Box::pin(queue.pop());
+        let mut second = Box::pin(queue.pop());
+        assert!(first
+            .as_mut()
+            .poll(&mut Context::from_waker(&first_waker))
+            .is_pending());
+        assert!(second
+            .as_mut()
+            .poll(&mut Context::from_waker(&second_waker))
+            .is_pending());
+        queue.try_push(1).unwrap();
+        queue.try_push(2).unwrap();
+        assert!(first_flag.0.load(Ordering::SeqCst));
+        assert!(second_flag.0.load(Ordering::SeqCst));
     }
 
     #[test]
@@ -313,17 +369,59 @@ mod tests {
         let mut second = Box::pin(queue.pop());
         assert!(first.as_mut().poll(&mut cx).is_pending());
         assert!(second.as_mut().poll(&mut cx).is_pending());
-        let flag = Arc::new(Flag::default());
-        let woken = std::task::Waker::from(flag.clone());
+        let (flag, woken) = flag_waker();
         let mut cx2 = Context::from_waker(&woken);
         assert!(second.as_mut().poll(&mut cx2).is_pending());
         queue.try_push(7).unwrap();
+        assert!(
+            !flag.0.load(Ordering::SeqCst),
+            "the first waiter is woken first"
+        );
         drop(first);
         assert!(
             flag.0.load(Ordering::SeqCst),
             "the dropped consumer's wake-up reached the other"
         );
         assert_eq!(second.as_mut().poll(&mut cx2), Poll::Ready(Some(7)));
+    }
+
+    #[test]
+    fn a_consumer_that_sleeps_is_woken_by_every_single_push() {
+        // One item at a time, each acknowledged before the next: a push
+        // that slips between a consumer's look and its sleep would leave it
+        // asleep with the item queued.
+        let queue = Arc::new(Queue::new(None));
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let consumer = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                while let Some(item) = futures::executor::block_on(queue.pop()) {
+                    ack_tx.send(item).unwrap();
+                }
+            })
+        };
+        for i in 0..20_000u32 {
+            queue.try_push(i).unwrap();
+            let got = ack_rx.recv_timeout(Duration::from_secs(20));
+            assert_eq!(got, Ok(i), "the consumer missed the push of item {i}");
+        }
+        queue.close();
+        within(move || consumer.join().unwrap());
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_a_burst_s_large_buffer() {
+        let queue = Queue::new(None);
+        for i in 0..2 * KEEP_ITEMS {
+            queue.try_push(i).unwrap();
+        }
+        while queue.try_pop().is_some() {}
+        assert!(queue.lock().capacity() <= KEEP_ITEMS);
+        for i in 0..100 {
+            queue.try_push(i).unwrap();
+        }
+        while queue.try_pop().is_some() {}
+        assert!(queue.lock().capacity() >= 100, "a modest buffer is kept");
     }
 
     #[test]
@@ -351,14 +449,16 @@ mod tests {
                 })
             })
             .collect();
-        for p in producers {
-            p.join().unwrap();
-        }
-        queue.close();
-        let mut all: Vec<u64> = consumers
-            .into_iter()
-            .flat_map(|c| c.join().unwrap())
-            .collect();
+        let mut all: Vec<u64> = within(move || {
+            for p in producers {
+                p.join().unwrap();
+            }
+            queue.close();
+            consumers
+                .into_iter()
+                .flat_map(|c| c.join().unwrap())
+                .collect()
+        });
         all.sort_unstable();
         let expected: Vec<u64> = (0..4u64)
             .flat_map(|p| (0..10_000).map(move |i| p * 100_000 + i))

@@ -78,11 +78,12 @@ impl Handle {
 
 /// Where idle threads sleep until a job is queued or the queue closes.
 ///
-/// They do not sleep in the channel's own `recv_blocking`: that wakes a thread
-/// while holding the event's lock, so when caller and worker share a CPU the
-/// woken worker spins on that lock and sleeps again, two extra context switches
-/// per task. Here a sender checks one atomic and, only when a thread sleeps,
-/// hands it a wake-up and notifies it after releasing the lock.
+/// They do not wait in the queue's own listener (as an async-channel's
+/// `recv_blocking` did, whose wake-up came while the event's lock was held,
+/// so when caller and worker shared a CPU the woken worker spun on that lock
+/// and slept again, two extra context switches per task). Here a sender
+/// checks one atomic and, only when a thread sleeps, hands it a wake-up and
+/// notifies it after releasing the lock.
 struct Idle {
     /// Sleeping threads not yet handed a wake-up. Changed only under `lock`;
     /// read without it as the senders' quick "is anyone asleep?".
