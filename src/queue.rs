@@ -190,6 +190,13 @@ impl<T> Queue<T> {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Closed and empty: no item will ever come out again. (Closed is read
+    /// first: `close` comes after every push, so a closed queue found empty
+    /// stays empty.)
+    pub(crate) fn is_done(&self) -> bool {
+        self.is_closed() && self.is_empty()
+    }
+
     /// Items waiting (a snapshot: other threads may change it at once).
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
@@ -214,9 +221,7 @@ impl<T> Future for Pop<'_, T> {
             if let Some(item) = self.queue.try_pop() {
                 return Poll::Ready(Some(item));
             }
-            // Closed is read after the look at the items: `close` comes after
-            // every push, so a closed queue found empty stays empty.
-            if self.queue.is_closed() && self.queue.is_empty() {
+            if self.queue.is_done() {
                 return Poll::Ready(None);
             }
             match &mut self.listener {

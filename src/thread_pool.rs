@@ -105,10 +105,9 @@ impl Idle {
     /// The next job, sleeping while the queue is empty; `None` once the queue
     /// is closed and empty.
     fn next_job(&self, queue: &Queue<Job>) -> Option<Job> {
-        // `Some(next)` unless the queue is open and empty. Closing comes
-        // after the last push, so a closed queue seen empty stays empty.
+        // `Some(next)` unless the queue is open and empty.
         let look = || match queue.try_pop() {
-            None if !(queue.is_closed() && queue.is_empty()) => None,
+            None if !queue.is_done() => None,
             next => Some(next),
         };
         loop {

@@ -82,6 +82,11 @@ pub(crate) const STALLED_FRAME: Duration = Duration::from_secs(10);
 const AHEAD_NANOS: u64 = 200_000;
 
 impl PoolCtx {
+    /// Resolves once the pool is terminated (`stop` closed).
+    pub(crate) async fn terminated(&self) {
+        let _ = self.stop.recv().await;
+    }
+
     /// True when slots start workers only on demand and may retire them.
     pub(crate) fn elastic(&self) -> bool {
         self.config.min_workers < self.config.workers

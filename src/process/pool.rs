@@ -414,10 +414,8 @@ impl ProcessPool {
     /// ```
     pub fn stats(&self) -> PoolStats {
         let ctx = &self.handle.ctx;
-        ctx.counters.snapshot(
-            self.handle.ctx.queue.len(),
-            ctx.live.load(Ordering::Acquire),
-        )
+        ctx.counters
+            .snapshot(ctx.queue.len(), ctx.live.load(Ordering::Acquire))
     }
 
     /// Runs `f(args)` in a worker and waits for the result: `spawn` then

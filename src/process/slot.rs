@@ -35,9 +35,7 @@ pub(crate) async fn supervise(
     let mut carried: VecDeque<Job> = VecDeque::new();
     let mut failures: u32 = 0;
     loop {
-        if ctx.stop.is_closed()
-            || (carried.is_empty() && ctx.queue.is_closed() && ctx.queue.is_empty())
-        {
+        if ctx.stop.is_closed() || (carried.is_empty() && ctx.queue.is_done()) {
             break;
         }
         let wanted = eager

@@ -102,10 +102,7 @@ impl Worker {
         // time of a connection, and name their host.)
         let launched = match host {
             None => {
-                let stop = async {
-                    let _ = ctx.stop.recv().await;
-                };
-                super::relaunch::retrying(|| ctx.launcher.launch(&spec), stop).await
+                super::relaunch::retrying(|| ctx.launcher.launch(&spec), ctx.terminated()).await
             }
             Some(_) => ctx.launcher.launch(&spec),
         }

@@ -61,10 +61,7 @@ impl Worker {
             memory_limit: ctx.config.memory_limit,
             nice: ctx.config.nice,
         };
-        let stop = async {
-            let _ = ctx.stop.recv().await;
-        };
-        let launched = super::relaunch::retrying(|| ctx.launcher.launch(&spec), stop)
+        let launched = super::relaunch::retrying(|| ctx.launcher.launch(&spec), ctx.terminated())
             .await
             .map_err(Error::Spawn)?;
         let pid = launched.process.pid();
