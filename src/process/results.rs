@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use super::ctx::PoolCtx;
-use super::worker::{InFlight, Worker};
+use super::worker::{InFlight, RegionCopy, Worker};
 use crate::region::Region;
 use crate::ring::{Ring, SLOT_BYTES};
 use crate::stats::Counters;
@@ -231,10 +231,6 @@ impl Worker {
         }
     }
 }
-
-/// The parent's copy of a result read out of the result region, and what
-/// releases it once large results stop coming.
-pub(crate) type RegionCopy = (Vec<u8>, crate::buffer::Keeper);
 
 /// Most bytes [`read_available`] takes in one call: a worker (or a task)
 /// writing without end cannot keep the supervisor reading.

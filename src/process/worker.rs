@@ -60,7 +60,7 @@ pub(crate) struct Worker {
     /// regions.
     pub(crate) result_region: Option<Region>,
     /// Results read out of the result region (see [`super::results`]).
-    pub(crate) region_copy: super::results::RegionCopy,
+    pub(crate) region_copy: RegionCopy,
     /// When the results being taken are settled (see [`super::results`]).
     pub(crate) settled_at: std::cell::OnceCell<u64>,
     pub(crate) inbuf: Vec<u8>,
@@ -71,6 +71,10 @@ pub(crate) struct Worker {
     /// Sequence number of the next job sent.
     pub(crate) next_seq: u64,
 }
+
+/// The parent's copy of a result read out of the result region, and what
+/// releases it once large results stop coming.
+pub(crate) type RegionCopy = (Vec<u8>, crate::buffer::Keeper);
 
 impl Worker {
     /// Launches a worker, completes its handshake and runs the initializer.
