@@ -156,76 +156,24 @@ impl Launcher for LocalLauncher {
             job_region,
             result_region,
         ];
-        let env = Spec {
-            input: child_fds[0],
-            output: child_fds[1],
-            reply: child_fds[2],
-            lifeline: child_fds[3],
-            ring: child_fds[4],
-            job_region: child_fds[5],
-            result_region: child_fds[6],
-            identity: spec.identity,
-            max_frame: spec.max_frame,
-        }
-        .to_env();
-
-        #[cfg(all(target_os = "linux", not(procpool_portable)))]
-        let parent = rustix::process::getpid();
-        let memory_limit = spec.memory_limit;
-        let nice = spec.nice;
+        let env = worker_spec(child_fds, spec).to_env();
+        let settings = ChildSettings {
+            inherited: child_fds,
+            nice: spec.nice,
+            memory_limit: spec.memory_limit,
+            #[cfg(all(target_os = "linux", not(procpool_portable)))]
+            parent: rustix::process::getpid(),
+        };
         let mut cmd = Command::new(crate::image::program()?);
         cmd.env(worker::ENV_VAR, env).stdin(Stdio::null());
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe system calls (fcntl, prctl, getppid).
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in child_fds.into_iter().filter(|&fd| fd >= 0) {
-                    // SAFETY: these descriptors are open: the parent keeps them
-                    // alive until `spawn` returns.
-                    let fd = BorrowedFd::borrow_raw(fd);
-                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-                }
-                // A terminal's Ctrl-C goes to the whole foreground process
-                // group, workers included. The parent decides what an
-                // interrupt means (finish with `shutdown`, or die and take the
-                // workers along through the lifeline), so workers ignore it.
-                // An ignored disposition survives exec.
-                // SAFETY: signal() is async-signal-safe; SIG_IGN installs no
-                // handler code.
-                if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
-                    return Err(io::Error::last_os_error());
-                }
-                if nice != 0 {
-                    // Relative to the parent's, so it only ever lowers priority.
-                    let current = rustix::process::getpriority_process(None)?;
-                    rustix::process::setpriority_process(None, (current + nice).min(19))?;
-                }
-                if let Some(bytes) = memory_limit {
-                    // Allocation beyond this fails in the worker, which then
-                    // aborts: the worker dies, not the machine.
-                    let limit = rustix::process::Rlimit {
-                        current: Some(bytes),
-                        maximum: Some(bytes),
-                    };
-                    rustix::process::setrlimit(rustix::process::Resource::Data, limit)?;
-                }
-                #[cfg(all(target_os = "linux", not(procpool_portable)))]
-                {
-                    // Die with the parent even if the lifeline is never read.
-                    // PDEATHSIG fires when the forking *thread* exits, which is
-                    // why workers are only started from the long-lived
-                    // supervisor thread.
-                    rustix::process::set_parent_process_death_signal(Some(
-                        rustix::process::Signal::KILL,
-                    ))?;
-                    // The parent may have died before the line above.
-                    if rustix::process::getppid() != Some(parent) {
-                        return Err(io::Error::other("parent exited during worker start"));
-                    }
-                }
-                Ok(())
-            });
-        }
+        let set_up = move || {
+            // SAFETY: `pre_exec` runs this between fork and exec, and the
+            // descriptors it names stay open until `spawn` returns.
+            unsafe { settings.set_up() }
+        };
+        // SAFETY: `set_up` makes only async-signal-safe system calls (fcntl,
+        // signal, setpriority, setrlimit, prctl, getppid).
+        unsafe { cmd.pre_exec(set_up) };
         let child = cmd.spawn()?;
         drop((job_r, res_w, reply_w, life_r));
         Ok(Launched {
@@ -236,6 +184,86 @@ impl Launcher for LocalLauncher {
             regions,
             process: Box::new(ChildProcess::new(child, Some(life_w))),
         })
+    }
+}
+
+/// The worker's [`Spec`], naming the descriptors it inherits in the order
+/// `LocalLauncher::launch` lists them.
+fn worker_spec(fds: [i32; 7], spec: &LaunchSpec) -> Spec {
+    let [input, output, reply, lifeline, ring, job_region, result_region] = fds;
+    Spec {
+        input,
+        output,
+        reply,
+        lifeline,
+        ring,
+        job_region,
+        result_region,
+        identity: spec.identity,
+        max_frame: spec.max_frame,
+    }
+}
+
+/// What the forked child sets up for itself before it execs the worker.
+#[derive(Clone, Copy)]
+struct ChildSettings {
+    /// Descriptors the worker inherits (-1: none).
+    inherited: [i32; 7],
+    nice: i32,
+    memory_limit: Option<u64>,
+    #[cfg(all(target_os = "linux", not(procpool_portable)))]
+    parent: rustix::process::Pid,
+}
+
+impl ChildSettings {
+    /// Runs in the forked child, before exec.
+    ///
+    /// # Safety
+    ///
+    /// Only between fork and exec, with every descriptor in `inherited`
+    /// (other than -1) open. It makes only async-signal-safe calls.
+    unsafe fn set_up(self) -> io::Result<()> {
+        for fd in self.inherited.into_iter().filter(|&fd| fd >= 0) {
+            // SAFETY: open, as this function's contract requires.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+        }
+        // A terminal's Ctrl-C goes to the whole foreground process group,
+        // workers included. The parent decides what an interrupt means (finish
+        // with `shutdown`, or die and take the workers along through the
+        // lifeline), so workers ignore it. An ignored disposition survives
+        // exec.
+        // SAFETY: signal() is async-signal-safe; SIG_IGN installs no handler
+        // code.
+        if unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+        if self.nice != 0 {
+            // Relative to the parent's, so it only ever lowers priority.
+            let current = rustix::process::getpriority_process(None)?;
+            rustix::process::setpriority_process(None, (current + self.nice).min(19))?;
+        }
+        if let Some(bytes) = self.memory_limit {
+            // Allocation beyond this fails in the worker, which then aborts:
+            // the worker dies, not the machine.
+            let limit = rustix::process::Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            };
+            rustix::process::setrlimit(rustix::process::Resource::Data, limit)?;
+        }
+        #[cfg(all(target_os = "linux", not(procpool_portable)))]
+        {
+            // Die with the parent even if the lifeline is never read.
+            // PDEATHSIG fires when the forking *thread* exits, which is why
+            // workers are only started from the long-lived supervisor thread.
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The parent may have died before the line above.
+            if rustix::process::getppid() != Some(self.parent) {
+                return Err(io::Error::other("parent exited during worker start"));
+            }
+        }
+        Ok(())
     }
 }
 

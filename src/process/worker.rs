@@ -13,7 +13,7 @@ use super::ctx::PoolCtx;
 use super::exit_watch::exit_watch;
 use super::init::InitJob;
 use super::job::Job;
-use super::launcher::{ExitInfo, LaunchSpec, WorkerProcess};
+use super::launcher::{ExitInfo, LaunchSpec, Launched, WorkerProcess};
 use crate::region::Region;
 use crate::ring::Ring;
 use crate::wire::{self, FromWorker};
@@ -72,6 +72,27 @@ pub(crate) struct Worker {
     pub(crate) next_seq: u64,
 }
 
+/// Launches the process for slot `idx`: a local start is tried again while
+/// the system is short of resources; a remote one is not (its failures take
+/// the time of a connection, and name their host).
+async fn launch(ctx: &PoolCtx, idx: usize, remote: bool) -> Result<Launched, Error> {
+    let spec = LaunchSpec {
+        slot: idx,
+        identity: ctx.config.identity,
+        max_frame: ctx.config.max_frame,
+        memory_limit: ctx.config.memory_limit,
+        nice: ctx.config.nice,
+        // Never fewer than the jobs a worker may hold (see `serve`).
+        ring_slots: ctx.config.pipeline_depth + 2,
+    };
+    let launched = if remote {
+        ctx.launcher.launch(&spec)
+    } else {
+        super::relaunch::retrying(|| ctx.launcher.launch(&spec), ctx.terminated()).await
+    };
+    launched.map_err(Error::Spawn)
+}
+
 /// The parent's copy of a result read out of the result region, and what
 /// releases it once large results stop coming.
 pub(crate) type RegionCopy = (Vec<u8>, crate::buffer::Keeper);
@@ -93,26 +114,30 @@ impl Worker {
         idx: usize,
         host: Option<std::sync::Arc<str>>,
     ) -> Result<Worker, Error> {
-        let spec = LaunchSpec {
-            slot: idx,
-            identity: ctx.config.identity,
-            max_frame: ctx.config.max_frame,
-            memory_limit: ctx.config.memory_limit,
-            nice: ctx.config.nice,
-            // Never fewer than the jobs a worker may hold (see `serve`).
-            ring_slots: ctx.config.pipeline_depth + 2,
+        let launched = launch(ctx, idx, host.is_some()).await?;
+        let mut worker = Worker::adopt(launched, idx, host).await?;
+        let pid = worker.pid;
+        let started = tokio::select! {
+            r = tokio::time::timeout(ctx.config.start_timeout, worker.greet(ctx)) => r,
+            // `terminate` must not wait for a slow start.
+            _ = ctx.stop.recv() => Ok(Err(handshake(pid, "the pool was terminated during start"))),
         };
-        // (A remote start is not tried again here: its failures take the
-        // time of a connection, and name their host.)
-        let launched = match host {
-            None => {
-                super::relaunch::retrying(|| ctx.launcher.launch(&spec), ctx.terminated()).await
-            }
-            Some(_) => ctx.launcher.launch(&spec),
-        }
-        .map_err(Error::Spawn)?;
+        let failed = match started {
+            Ok(Ok(())) => return Ok(worker),
+            Ok(Err(e)) => e,
+            Err(_) => handshake(pid, "timed out starting"),
+        };
+        worker.reap().await;
+        Err(failed)
+    }
+
+    /// The parent's side of a just launched worker, before its handshake.
+    async fn adopt(
+        launched: Launched,
+        idx: usize,
+        host: Option<std::sync::Arc<str>>,
+    ) -> Result<Worker, Error> {
         let process = launched.process;
-        let ring = launched.ring;
         let (job_region, result_region) = launched.regions.map(|r| (r.jobs, r.results)).unzip();
         // Non-blocking: async borrowers read it when their reactor says so,
         // blocking ones poll() before each read.
@@ -129,7 +154,7 @@ impl Worker {
                 return Err(Error::Spawn(e));
             }
         };
-        let mut worker = Worker {
+        Ok(Worker {
             process: Some(process),
             pid,
             launcher_pid: pid,
@@ -143,7 +168,7 @@ impl Worker {
                 unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
             }),
             replies,
-            ring,
+            ring: launched.ring,
             job_region,
             result_region,
             region_copy: Default::default(),
@@ -152,24 +177,7 @@ impl Worker {
             pipe_taken: 0,
             keeper: Default::default(),
             next_seq: 1,
-        };
-        let timeout = ctx.config.start_timeout;
-        let started = tokio::select! {
-            r = tokio::time::timeout(timeout, worker.greet(ctx)) => r,
-            // `terminate` must not wait for a slow start.
-            _ = ctx.stop.recv() => Ok(Err(handshake(pid, "the pool was terminated during start"))),
-        };
-        match started {
-            Ok(Ok(())) => Ok(worker),
-            Ok(Err(e)) => {
-                worker.reap().await;
-                Err(e)
-            }
-            Err(_) => {
-                worker.reap().await;
-                Err(handshake(pid, "timed out starting"))
-            }
-        }
+        })
     }
 
     /// Reads the worker's HELLO, then runs the initializer, if any.
