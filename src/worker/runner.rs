@@ -29,93 +29,13 @@ const RESULT_HEADER_ROOM: usize = 64;
 
 /// Runs the worker until the parent closes the job pipe. Returns the exit code.
 pub(super) fn serve(spec: Spec) -> i32 {
-    // SAFETY: the parent passed these descriptors to this process for our use
-    // alone (their close-on-exec flag was cleared only for this child).
-    let (input, output, reply, lifeline) = unsafe {
-        (
-            OwnedFd::from_raw_fd(spec.input),
-            File::from_raw_fd(spec.output),
-            (spec.reply >= 0).then(|| File::from_raw_fd(spec.reply)),
-            // -1: the caller watches its lifeline itself (stdio mode).
-            (spec.lifeline >= 0).then(|| OwnedFd::from_raw_fd(spec.lifeline)),
-        )
-    };
-    // The descriptors were inherited across exec; processes this worker's
-    // tasks start must not inherit them in turn (a grandchild holding the
-    // result pipe would hide this worker's death from the parent).
-    let ring = match spec.ring {
-        -1 => None,
-        // SAFETY: as above, this descriptor is ours alone.
-        fd => match Ring::open(unsafe { OwnedFd::from_raw_fd(fd) }) {
-            Ok(ring) => Some(ring),
-            Err(e) => {
-                eprintln!("procpool worker {}: {e}", std::process::id());
-                return 4;
-            }
-        },
-    };
-    let open_region = |fd: i32| match fd {
-        -1 => Ok(None),
-        // SAFETY: as above, this descriptor is ours alone.
-        fd => Region::open(unsafe { OwnedFd::from_raw_fd(fd) }, spec.max_frame).map(Some),
-    };
-    let (job_region, result_region) = match (
-        open_region(spec.job_region),
-        open_region(spec.result_region),
-    ) {
-        (Ok(jobs), Ok(results)) => (jobs, results),
-        (Err(e), _) | (_, Err(e)) => {
+    let mut runner = match Runner::adopt(&spec) {
+        Ok(runner) => runner,
+        Err(e) => {
             eprintln!("procpool worker {}: {e}", std::process::id());
             return 4;
         }
     };
-    for fd in [
-        spec.input,
-        spec.output,
-        spec.reply,
-        spec.lifeline,
-        spec.ring,
-        spec.job_region,
-        spec.result_region,
-    ] {
-        if fd < 0 {
-            continue;
-        }
-        // SAFETY: owned by the values above, which outlive this loop.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
-    }
-    if let Some(lifeline) = lifeline {
-        watch_lifeline(lifeline);
-    }
-    super::OUTPUT_FD.store(spec.output, std::sync::atomic::Ordering::Relaxed);
-    panic_info::install(true);
-
-    let mut runner = Runner {
-        input,
-        output: Output {
-            file: output,
-            written: 0,
-        },
-        reply,
-        ring,
-        job_region,
-        result_region: result_region.map(|region| ResultRegion {
-            region,
-            entry: None,
-        }),
-        inbuf: Vec::with_capacity(64 * 1024),
-        parsed: 0,
-        jobs: VecDeque::new(),
-        seen: 0,
-        max_frame: spec.max_frame,
-        out: Vec::with_capacity(4096),
-        in_keeper: Default::default(),
-        out_keeper: Default::default(),
-        last_drain: std::time::Instant::now(),
-        syscall_nanos: quickest_system_call_nanos(),
-    };
-
     if !super::greet(&mut runner.out, spec.identity) {
         let _ = runner.output.write_all(&runner.out);
         return 2;
@@ -123,13 +43,68 @@ pub(super) fn serve(spec: Spec) -> i32 {
     if runner.output.write_all(&runner.out).is_err() {
         return 0;
     }
-
     match runner.run() {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("procpool worker {}: {e}", std::process::id());
             4
         }
+    }
+}
+
+/// The descriptors `spec` names, inherited from the parent, taken over.
+struct Inherited {
+    input: OwnedFd,
+    output: File,
+    reply: Option<File>,
+    lifeline: Option<OwnedFd>,
+    ring: Option<Ring>,
+    job_region: Option<Region>,
+    result_region: Option<Region>,
+}
+
+impl Inherited {
+    fn take(spec: &Spec) -> io::Result<Inherited> {
+        // SAFETY: the parent passed these descriptors to this process for our
+        // use alone (their close-on-exec flag was cleared only for this
+        // child), and each is taken over once, here.
+        let owned = |fd: i32| (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+        let (input, output) = (owned(spec.input), owned(spec.output));
+        let (Some(input), Some(output)) = (input, output) else {
+            return Err(io::Error::other("no job or result pipe"));
+        };
+        let taken = Inherited {
+            input,
+            output: File::from(output),
+            reply: owned(spec.reply).map(File::from),
+            // None: the caller watches its lifeline itself (stdio mode).
+            lifeline: owned(spec.lifeline),
+            ring: owned(spec.ring).map(Ring::open).transpose()?,
+            job_region: owned(spec.job_region)
+                .map(|fd| Region::open(fd, spec.max_frame))
+                .transpose()?,
+            result_region: owned(spec.result_region)
+                .map(|fd| Region::open(fd, spec.max_frame))
+                .transpose()?,
+        };
+        // They were inherited across exec; processes this worker's tasks
+        // start must not inherit them in turn (a grandchild holding the result
+        // pipe would hide this worker's death from the parent).
+        let fds = [
+            spec.input,
+            spec.output,
+            spec.reply,
+            spec.lifeline,
+            spec.ring,
+        ];
+        for fd in fds.into_iter().chain([spec.job_region, spec.result_region]) {
+            if fd >= 0 {
+                // SAFETY: owned by `taken`, which outlives this loop.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
+            }
+        }
+        Ok(taken)
     }
 }
 
@@ -333,6 +308,42 @@ fn job_ref(
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl Runner {
+    /// Takes over what the parent passed in `spec`, starts watching the
+    /// lifeline and installs the panic hook: a worker ready for its
+    /// handshake.
+    fn adopt(spec: &Spec) -> io::Result<Runner> {
+        let inherited = Inherited::take(spec)?;
+        if let Some(lifeline) = inherited.lifeline {
+            watch_lifeline(lifeline);
+        }
+        super::OUTPUT_FD.store(spec.output, Ordering::Relaxed);
+        panic_info::install(true);
+        Ok(Runner {
+            input: inherited.input,
+            output: Output {
+                file: inherited.output,
+                written: 0,
+            },
+            reply: inherited.reply,
+            ring: inherited.ring,
+            job_region: inherited.job_region,
+            result_region: (inherited.result_region).map(|region| ResultRegion {
+                region,
+                entry: None,
+            }),
+            inbuf: Vec::with_capacity(64 * 1024),
+            parsed: 0,
+            jobs: VecDeque::new(),
+            seen: 0,
+            max_frame: spec.max_frame,
+            out: Vec::with_capacity(4096),
+            in_keeper: Default::default(),
+            out_keeper: Default::default(),
+            last_drain: std::time::Instant::now(),
+            syscall_nanos: quickest_system_call_nanos(),
+        })
+    }
+
     fn run(&mut self) -> io::Result<()> {
         // Whoever made the pipe, `fill` wants it blocking (a remote worker's
         // standard input may come non-blocking from its launcher).
@@ -349,84 +360,104 @@ impl Runner {
                 continue;
             }
             let job = self.jobs.pop_front().expect("not empty");
-            self.out.clear();
-            // Results are often about as large as arguments: reserving that
-            // much up front (untouched memory costs nothing), and room for the
-            // result's header, spares a large result a chain of reallocations
-            // and copies.
-            crate::buffer::reserve(&mut self.out, job.args.len() + RESULT_HEADER_ROOM);
-            wire::begin_result(&mut self.out, job.seq, Status::Ok);
-            let args = match (&self.job_region, job.in_region) {
-                (Some(region), true) => {
-                    &region.get(job.args.end as u64).map_err(io::Error::other)?[job.args.clone()]
-                }
-                _ => &self.inbuf[job.args.clone()],
-            };
-            // A direct job's caller reads only the reply stream: what the task
-            // sends "to the parent" (the protocol-fault test hooks) goes there.
-            let direct = match &self.reply {
-                Some(reply) if job.route == Route::Reply => {
-                    super::OUTPUT_FD.store(reply.as_raw_fd(), Ordering::Relaxed);
-                    true
-                }
-                _ => false,
-            };
-            let started = std::time::Instant::now();
-            // SAFETY: the handshake established that parent and worker run the
-            // same build, and the parent named both offsets with `FnRef::new`.
-            unsafe {
-                func_ref::run_job(
-                    job.func,
-                    job.trampoline,
-                    args,
-                    &mut self.out,
-                    self.max_frame,
-                )
-            };
-            let ended = std::time::Instant::now();
-            let nanos = ended.duration_since(started).as_nanos() as u64;
-            // Learn of cancellations and new jobs before naming the next one:
-            // always before going idle, otherwise at most every
-            // `DRAIN_INTERVAL` (a read that finds nothing costs more than a
-            // small job). A CANCEL left unread for that long at worst makes
-            // the worker start a cancelled job, which the frame below names,
-            // so the parent kills it: still exact, only dearer. A direct job
-            // needs no drain: its caller holds the worker alone, so nothing
-            // else can have arrived.
-            let open = if direct {
-                super::OUTPUT_FD.store(self.output.file.as_raw_fd(), Ordering::Relaxed);
-                true
-            } else if self.jobs.is_empty()
-                || ended.duration_since(self.last_drain) >= DRAIN_INTERVAL
-            {
-                self.last_drain = ended;
-                self.fill(false)?
-            } else {
-                true
-            };
-            let next = self.jobs.front().map_or(0, |j| j.seq);
-            wire::finish_result(&mut self.out, next, self.seen, nanos);
-            match (&mut self.reply, &self.ring, job.route) {
-                (Some(reply), ring, Route::Reply) => {
-                    pipe_io::write_all(&*reply, &self.out)?;
-                    if let (Some(results), Some(ring)) = (&mut self.result_region, ring) {
-                        results.note_unused(ring);
-                    }
-                }
-                (_, Some(ring), Route::Ring) => {
-                    let could_write = nanos >= self.syscall_nanos;
-                    let results = self.result_region.as_mut();
-                    let out = (&self.out[..], job.seq);
-                    publish(ring, &mut self.output, results, out, could_write)?
-                }
-                _ => self.output.write_all(&self.out)?,
-            }
-            let used = self.out.len();
-            self.out_keeper.after_use(&mut self.out, used);
+            let direct = self.route_task_output(&job);
+            let (nanos, ended) = self.execute(&job)?;
+            let open = self.catch_up(direct, ended)?;
+            self.send_result(&job, nanos)?;
             if !open && self.jobs.is_empty() {
                 return Ok(());
             }
         }
+    }
+
+    /// Where what a task sends "to the parent" goes (the protocol-fault test
+    /// hooks): a direct job's caller reads only the reply stream. Returns
+    /// whether `job` is direct.
+    fn route_task_output(&self, job: &JobRef) -> bool {
+        match &self.reply {
+            Some(reply) if job.route == Route::Reply => {
+                super::OUTPUT_FD.store(reply.as_raw_fd(), Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs `job`, leaving its result frame (all but the fields
+    /// `finish_result` fills) in `out`. Returns its run time in nanoseconds
+    /// and when it ended.
+    fn execute(&mut self, job: &JobRef) -> io::Result<(u64, std::time::Instant)> {
+        self.out.clear();
+        // Results are often about as large as arguments: reserving that much
+        // up front (untouched memory costs nothing), and room for the result's
+        // header, spares a large result a chain of reallocations and copies.
+        crate::buffer::reserve(&mut self.out, job.args.len() + RESULT_HEADER_ROOM);
+        wire::begin_result(&mut self.out, job.seq, Status::Ok);
+        let args = match (&self.job_region, job.in_region) {
+            (Some(region), true) => {
+                &region.get(job.args.end as u64).map_err(io::Error::other)?[job.args.clone()]
+            }
+            _ => &self.inbuf[job.args.clone()],
+        };
+        let started = std::time::Instant::now();
+        // SAFETY: the handshake established that parent and worker run the
+        // same build, and the parent named both offsets with `FnRef::new`.
+        unsafe {
+            func_ref::run_job(
+                job.func,
+                job.trampoline,
+                args,
+                &mut self.out,
+                self.max_frame,
+            )
+        };
+        let ended = std::time::Instant::now();
+        Ok((ended.duration_since(started).as_nanos() as u64, ended))
+    }
+
+    /// Learns of cancellations and new jobs before the result names the next
+    /// one: always before going idle, otherwise at most every
+    /// `DRAIN_INTERVAL` (a read that finds nothing costs more than a small
+    /// job). A CANCEL left unread for that long at worst makes the worker
+    /// start a cancelled job, which the result names, so the parent kills
+    /// it: still exact, only dearer. A direct job needs no drain: its caller
+    /// holds the worker alone, so nothing else can have arrived. Returns
+    /// `false` once the job pipe is closed.
+    fn catch_up(&mut self, direct: bool, ended: std::time::Instant) -> io::Result<bool> {
+        if direct {
+            super::OUTPUT_FD.store(self.output.file.as_raw_fd(), Ordering::Relaxed);
+            Ok(true)
+        } else if self.jobs.is_empty() || ended.duration_since(self.last_drain) >= DRAIN_INTERVAL {
+            self.last_drain = ended;
+            self.fill(false)
+        } else {
+            Ok(true)
+        }
+    }
+
+    /// Completes the result frame in `out` and sends it the way `job` asks:
+    /// on the reply stream, through the result ring, or on the result pipe.
+    fn send_result(&mut self, job: &JobRef, nanos: u64) -> io::Result<()> {
+        let next = self.jobs.front().map_or(0, |j| j.seq);
+        wire::finish_result(&mut self.out, next, self.seen, nanos);
+        match (&mut self.reply, &self.ring, job.route) {
+            (Some(reply), ring, Route::Reply) => {
+                pipe_io::write_all(&*reply, &self.out)?;
+                if let (Some(results), Some(ring)) = (&mut self.result_region, ring) {
+                    results.note_unused(ring);
+                }
+            }
+            (_, Some(ring), Route::Ring) => {
+                let could_write = nanos >= self.syscall_nanos;
+                let results = self.result_region.as_mut();
+                let out = (&self.out[..], job.seq);
+                publish(ring, &mut self.output, results, out, could_write)?
+            }
+            _ => self.output.write_all(&self.out)?,
+        }
+        let used = self.out.len();
+        self.out_keeper.after_use(&mut self.out, used);
+        Ok(())
     }
 
     /// Reads what is available (waiting for something first when `block`).
