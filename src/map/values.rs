@@ -92,6 +92,36 @@ const EAGER_DECODING: Duration = Duration::from_micros(50);
 /// paid once per batch, which matters for values as small as a number.
 const BATCH: usize = 64;
 
+/// Decodes the one value at the front of `bytes` (after a batch failed, so
+/// that a failure lands on its value alone). Returns the value, or the error
+/// decoding it met, and the bytes after it: `None` when a value that failed
+/// cannot even be skipped, so where the next one starts is unknown.
+fn decode_alone<R>(
+    bytes: &[u8],
+    one: fn(&mut &[u8]) -> Result<R, String>,
+) -> (Result<R, TaskError>, Option<&[u8]>) {
+    let mut rest = bytes;
+    let decoded = crate::panic_info::catch(|| one(&mut rest)).unwrap_or_else(|caught| {
+        Err(format!(
+            "the result's Deserialize panicked: {}",
+            caught.message
+        ))
+    });
+    match decoded {
+        Ok(value) => (Ok(value), Some(rest)),
+        Err(message) => {
+            // Find the next value's start from this one's.
+            let mut rest = bytes;
+            let next = skip_one(&mut rest).ok().map(|()| rest);
+            let error = TaskError::Serialization {
+                stage: crate::CodecStage::DecodeResult,
+                message,
+            };
+            (Err(error), next)
+        }
+    }
+}
+
 /// Skips one encoded value at the front of `bytes`.
 fn skip_one(bytes: &mut &[u8]) -> Result<(), String> {
     <serde::de::IgnoredAny as Deserialize>::deserialize(&mut rmp_serde::Deserializer::new(bytes))
@@ -257,32 +287,16 @@ impl<R> ValueIter<R> {
         }
         *careful -= 1;
         *left -= 1;
-        let mut rest = &bytes[*at..];
-        let one = decoder.one;
-        let decoded = crate::panic_info::catch(|| one(&mut rest)).unwrap_or_else(|caught| {
-            Err(format!(
-                "the result's Deserialize panicked: {}",
-                caught.message
-            ))
-        });
-        let decoded = match decoded {
-            Ok(value) => Ok(value),
-            Err(message) => {
-                // Find the next value's start from this one's.
-                rest = &bytes[*at..];
-                if skip_one(&mut rest).is_err() {
-                    // Cannot find the next value: the rest fail too (each
-                    // decoded from nothing).
-                    rest = &[];
-                    *careful = *left;
-                }
-                Err(TaskError::Serialization {
-                    stage: crate::CodecStage::DecodeResult,
-                    message,
-                })
+        let (decoded, rest) = decode_alone(&bytes[*at..], decoder.one);
+        match rest {
+            Some(rest) => *at = bytes.len() - rest.len(),
+            None => {
+                // Cannot find the next value: the rest fail too (each
+                // decoded from nothing).
+                *at = bytes.len();
+                *careful = *left;
             }
-        };
-        *at = bytes.len() - rest.len();
+        }
         Some(decoded)
     }
 }

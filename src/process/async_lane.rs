@@ -56,24 +56,32 @@ thread_local! {
 /// Replies larger than this leave their buffer to be freed, not kept.
 const KEEP_REPLY_BUFFER: usize = 64 * 1024;
 
+/// The runtime whose reactor `job` would wait on, if it may take the lane:
+/// a small job, spawned inside a runtime with I/O, not inside a blocking
+/// executor, and with nothing queued ahead of it.
+fn lane_runtime(ctx: &PoolCtx, job: &Job) -> Option<Handle> {
+    // The checks that read only this thread's state come first: outside a
+    // runtime a spawn must not touch the queue's cache lines, which the
+    // supervisor writes with every job it takes.
+    if ctx.lanes.is_empty() || !job.frame.is_small() || inside_blocking_executor() {
+        return None;
+    }
+    let origin = Handle::try_current().ok()?;
+    if NO_IO.get() == Some(origin.id()) || !ctx.queue.is_empty() {
+        return None;
+    }
+    Some(origin)
+}
+
 /// Starts `job` on an idle worker from the caller's runtime, if there is one,
 /// a worker is free and no task is waiting in the queue. `Ok(Some)`: the
 /// driver that finishes the call (poll it with the task); `Ok(None)`: the job
 /// was handed to the supervisor, which settles it; `Err` gives the job back
 /// untouched.
 pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn Driver>>, Job> {
-    // The checks that read only this thread's state come first: outside a
-    // runtime a spawn must not touch the queue's cache lines, which the
-    // supervisor writes with every job it takes.
-    if ctx.lanes.is_empty() || !job.frame.is_small() || inside_blocking_executor() {
-        return Err(job);
-    }
-    let Ok(origin) = Handle::try_current() else {
+    let Some(origin) = lane_runtime(ctx, &job) else {
         return Err(job);
     };
-    if NO_IO.get() == Some(origin.id()) || !ctx.queue.is_empty() {
-        return Err(job);
-    }
     let Some(idx) = direct::borrow_any(&ctx.lanes) else {
         return Err(job);
     };

@@ -96,24 +96,33 @@ impl Service<'_> {
         self.sent += 1;
     }
 
+    /// Keeps the pool's count of idle workers, marks a worker that has run
+    /// its `max_tasks` for retirement, and returns why serving ends if the
+    /// worker is `idle` and the queue is closed or the worker retiring.
+    fn done_when_idle(&mut self, idle: bool) -> Option<Stop> {
+        self.count_idle(idle);
+        let max_tasks = self.ctx.config.max_tasks;
+        if self.retiring.is_none() && max_tasks.is_some_and(|m| self.sent >= m) {
+            self.retiring = Some(Retire::MaxTasks);
+        }
+        if !idle {
+            None
+        } else if !self.queue_open {
+            Some(Stop::Drained)
+        } else {
+            self.retiring.map(Stop::Retire)
+        }
+    }
+
     /// One turn of the loop: wait for one event and handle it. `Some` when
     /// the service is over.
     async fn turn(&mut self, worker: &mut Worker) -> Option<Stop> {
         let idle = self.inflight.is_empty();
-        self.count_idle(idle);
+        if let Some(stop) = self.done_when_idle(idle) {
+            return Some(stop);
+        }
         let ctx = self.ctx;
         let cfg = &ctx.config;
-        if self.retiring.is_none() && cfg.max_tasks.is_some_and(|m| self.sent >= m) {
-            self.retiring = Some(Retire::MaxTasks);
-        }
-        if idle {
-            if !self.queue_open {
-                return Some(Stop::Drained);
-            }
-            if let Some(why) = self.retiring {
-                return Some(Stop::Retire(why));
-            }
-        }
         let writing = self.written < self.out.len();
         let take = idle && self.queue_open && self.retiring.is_none();
         let idle_timer = cfg.idle_timeout.filter(|_| idle && ctx.elastic());
