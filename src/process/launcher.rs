@@ -161,8 +161,6 @@ impl Launcher for LocalLauncher {
             inherited: child_fds,
             nice: spec.nice,
             memory_limit: spec.memory_limit,
-            #[cfg(all(target_os = "linux", not(procpool_portable)))]
-            parent: rustix::process::getpid(),
         };
         let mut cmd = Command::new(crate::image::program()?);
         cmd.env(worker::ENV_VAR, env).stdin(Stdio::null());
@@ -171,9 +169,11 @@ impl Launcher for LocalLauncher {
             // descriptors it names stay open until `spawn` returns.
             unsafe { settings.set_up() }
         };
-        // SAFETY: `set_up` makes only async-signal-safe system calls (fcntl,
-        // signal, setpriority, setrlimit, prctl, getppid).
+        // SAFETY: `set_up` allocates nothing and makes only async-signal-safe
+        // system calls (fcntl, signal, getpriority, setpriority, setrlimit).
         unsafe { cmd.pre_exec(set_up) };
+        // Even if the worker never reads its lifeline.
+        die_with_parent(&mut cmd);
         let child = cmd.spawn()?;
         drop((job_r, res_w, reply_w, life_r));
         Ok(Launched {
@@ -211,17 +211,15 @@ struct ChildSettings {
     inherited: [i32; 7],
     nice: i32,
     memory_limit: Option<u64>,
-    #[cfg(all(target_os = "linux", not(procpool_portable)))]
-    parent: rustix::process::Pid,
 }
 
 impl ChildSettings {
-    /// Runs in the forked child, before exec.
+    /// Runs in the forked child, before exec: it allocates nothing and makes
+    /// only async-signal-safe calls, as `pre_exec` requires.
     ///
     /// # Safety
     ///
-    /// Only between fork and exec, with every descriptor in `inherited`
-    /// (other than -1) open. It makes only async-signal-safe calls.
+    /// Every descriptor in `inherited` (other than -1) is open.
     unsafe fn set_up(self) -> io::Result<()> {
         for fd in self.inherited.into_iter().filter(|&fd| fd >= 0) {
             // SAFETY: open, as this function's contract requires.
@@ -252,19 +250,41 @@ impl ChildSettings {
             };
             rustix::process::setrlimit(rustix::process::Resource::Data, limit)?;
         }
-        #[cfg(all(target_os = "linux", not(procpool_portable)))]
-        {
-            // Die with the parent even if the lifeline is never read.
-            // PDEATHSIG fires when the forking *thread* exits, which is why
-            // workers are only started from the long-lived supervisor thread.
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            // The parent may have died before the line above.
-            if rustix::process::getppid() != Some(self.parent) {
-                return Err(io::Error::other("parent exited during worker start"));
-            }
-        }
         Ok(())
     }
+}
+
+/// Makes `cmd`'s child die with this process (Linux: `PDEATHSIG`, checked
+/// against a parent that died first). The child must be started from a
+/// long-lived thread (the pool's supervisor, or the thread that builds the
+/// pool and waits for the child), as `PDEATHSIG` fires when the forking
+/// *thread* ends. Without it (the portable backend) a local worker still
+/// dies with its parent through its lifeline, and a remote one by one more
+/// hop: this process's death closes the ssh client's stdin, the client
+/// passes the end of file on, and the far worker's stdin hangs up.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    #[cfg(all(target_os = "linux", not(procpool_portable)))]
+    {
+        let parent = rustix::process::getpid();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe system calls (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                // The parent may have died before the line above.
+                if rustix::process::getppid() != Some(parent) {
+                    // (An errno, not a message: `spawn` passes only the error
+                    // code back to the parent, and this must not allocate.)
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(all(target_os = "linux", not(procpool_portable))))]
+    let _ = cmd;
 }
 
 /// A worker process that is our direct child (started locally, or the local

@@ -72,9 +72,10 @@ pub(crate) struct Worker {
     pub(crate) next_seq: u64,
 }
 
-/// Launches the process for slot `idx`: a local start is tried again while
-/// the system is short of resources; a remote one is not (its failures take
-/// the time of a connection, and name their host).
+/// Launches the process for slot `idx`. A local start that the system
+/// refuses for a moment is tried a few times (see [`super::relaunch`]); a
+/// remote one is not (its failures take the time of a connection, and name
+/// their host).
 async fn launch(ctx: &PoolCtx, idx: usize, remote: bool) -> Result<Launched, Error> {
     let spec = LaunchSpec {
         slot: idx,

@@ -117,7 +117,7 @@ impl Launcher for RemoteLauncher {
         // Its own process group: a Ctrl-C at the terminal is for this
         // process to handle, not a way to cut its connections.
         cmd.process_group(0);
-        die_with_parent(&mut cmd);
+        crate::process::launcher::die_with_parent(&mut cmd);
         let child = cmd.spawn()?;
         Ok(Launched {
             to_worker: job_w,
@@ -128,36 +128,6 @@ impl Launcher for RemoteLauncher {
             process: Box::new(ChildProcess::new(child, None)),
         })
     }
-}
-
-/// Makes `cmd`'s child die with this process (Linux: `PDEATHSIG`). It is
-/// started from a long-lived thread (the pool's supervisor, or the thread
-/// that builds the pool and waits for the child), as `PDEATHSIG` fires when
-/// the forking thread ends. Without it (the portable backend) the chain still
-/// holds, only by one more hop: this process's death closes the client's
-/// stdin, the client passes the end of file on, and the far worker's stdin
-/// hangs up.
-pub(crate) fn die_with_parent(cmd: &mut Command) {
-    #[cfg(all(target_os = "linux", not(procpool_portable)))]
-    {
-        let parent = rustix::process::getpid();
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe system calls (prctl, getppid).
-        unsafe {
-            cmd.pre_exec(move || {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))?;
-                // The parent may have died before the line above.
-                if rustix::process::getppid() != Some(parent) {
-                    return Err(io::Error::other("parent exited during worker start"));
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(all(target_os = "linux", not(procpool_portable))))]
-    let _ = cmd;
 }
 
 /// Launches each slot with its own launcher: local slots first, then each

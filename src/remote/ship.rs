@@ -72,7 +72,7 @@ pub(crate) fn ship(s: &Shipment<'_>) -> Result<String, Error> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    super::launch::die_with_parent(&mut cmd);
+    crate::process::launcher::die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| failed(format!("could not run ssh: {e}")))?;

@@ -96,8 +96,10 @@ impl Inherited {
             spec.reply,
             spec.lifeline,
             spec.ring,
+            spec.job_region,
+            spec.result_region,
         ];
-        for fd in fds.into_iter().chain([spec.job_region, spec.result_region]) {
+        for fd in fds {
             if fd >= 0 {
                 // SAFETY: owned by `taken`, which outlives this loop.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -327,7 +329,7 @@ impl Runner {
             reply: inherited.reply,
             ring: inherited.ring,
             job_region: inherited.job_region,
-            result_region: (inherited.result_region).map(|region| ResultRegion {
+            result_region: inherited.result_region.map(|region| ResultRegion {
                 region,
                 entry: None,
             }),
@@ -360,8 +362,7 @@ impl Runner {
                 continue;
             }
             let job = self.jobs.pop_front().expect("not empty");
-            let direct = self.route_task_output(&job);
-            let (nanos, ended) = self.execute(&job)?;
+            let (nanos, ended, direct) = self.execute(&job)?;
             let open = self.catch_up(direct, ended)?;
             self.send_result(&job, nanos)?;
             if !open && self.jobs.is_empty() {
@@ -384,9 +385,9 @@ impl Runner {
     }
 
     /// Runs `job`, leaving its result frame (all but the fields
-    /// `finish_result` fills) in `out`. Returns its run time in nanoseconds
-    /// and when it ended.
-    fn execute(&mut self, job: &JobRef) -> io::Result<(u64, std::time::Instant)> {
+    /// `finish_result` fills) in `out`. Returns its run time in nanoseconds,
+    /// when it ended, and whether it is a direct job.
+    fn execute(&mut self, job: &JobRef) -> io::Result<(u64, std::time::Instant, bool)> {
         self.out.clear();
         // Results are often about as large as arguments: reserving that much
         // up front (untouched memory costs nothing), and room for the result's
@@ -399,6 +400,7 @@ impl Runner {
             }
             _ => &self.inbuf[job.args.clone()],
         };
+        let direct = self.route_task_output(job);
         let started = std::time::Instant::now();
         // SAFETY: the handshake established that parent and worker run the
         // same build, and the parent named both offsets with `FnRef::new`.
@@ -412,7 +414,11 @@ impl Runner {
             )
         };
         let ended = std::time::Instant::now();
-        Ok((ended.duration_since(started).as_nanos() as u64, ended))
+        Ok((
+            ended.duration_since(started).as_nanos() as u64,
+            ended,
+            direct,
+        ))
     }
 
     /// Learns of cancellations and new jobs before the result names the next
