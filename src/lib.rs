@@ -123,6 +123,7 @@
 //! | **Deploy**: the executable is replaced (`mv` over it), deleted, or was started through a symlink or a relative path before a `chdir` | Workers started later (after a crash, by elastic growth, by recycling) still run the original build: on Linux a worker re-executes the running image through `/proc/self/exe`, and the build identity is read from that image, never from the path. The pool keeps serving. |
 //! | **Dropping the last handle inside async code** (any runtime flavour, `#[tokio::test]` included) | The drop only closes a channel and signals: it never blocks, never panics. Queued tasks still run; the supervisor thread, the workers and their descriptors go away in the background. A dropped running [`Task`] of a `ProcessPool` kills its worker the same way. |
 //! | **Blocking calls on a runtime thread** ([`apply_blocking`](ProcessPool::apply_blocking), [`map_blocking`](ProcessPool::map_blocking) inside an async task) | They work, on current-thread runtimes too, and so does `futures::executor::block_on(task)` there: a task waits on its runtime's reactor only while nothing blocks that runtime's thread (inside `block_on` it finishes on a helper thread instead), so nothing can deadlock. But they block that runtime thread for the whole call; in async code use [`apply`](ProcessPool::apply)`.await` and [`map`](ProcessPool::map). |
+//! | **Calls while a thread exits** (a `thread_local!` value whose `Drop` spawns, waits with [`apply_blocking`](ProcessPool::apply_blocking) or [`map_blocking`](ProcessPool::map_blocking), or holds a running task) | They work: the blocking calls wait with a waker of their own, not one kept in a thread-local that may already be gone (`futures::executor::block_on` panics there, which aborts the process), and a running task dropped there still has its worker killed and replaced. |
 //! | a task calls `std::process::exit(0)` | [`TaskError::WorkerDied`] with `code: Some(0)`, never a success; the worker is replaced. |
 //! | a task stops itself (`SIGSTOP`) | A timeout or drop still kills it (SIGKILL ends stopped processes too). |
 //! | a task leaves a thread running | Nothing fails; the thread dies with its worker process when the pool shuts down or recycles it. |
@@ -149,6 +150,7 @@
 
 #![warn(missing_docs)]
 
+mod block_on;
 mod buffer;
 mod error;
 #[cfg(unix)]

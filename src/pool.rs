@@ -72,7 +72,7 @@ pub trait Pool: Clone + Send + Sync + 'static {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        futures::executor::block_on(Pool::spawn(self, f, args))
+        crate::block_on::block_on(Pool::spawn(self, f, args))
     }
 
     /// Number of workers (processes or threads).

@@ -456,7 +456,7 @@ impl ThreadPool {
         A: Send + 'static,
         R: Send + 'static,
     {
-        futures::executor::block_on(self.spawn(f, args))
+        crate::block_on::block_on(self.spawn(f, args))
     }
 
     /// Maps `f` over `inputs` on the pool's threads, results in input order;

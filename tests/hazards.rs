@@ -579,19 +579,43 @@ fn tasks_dropped_and_spawned_while_a_thread_exits() {
             let _ = self.1.send(self.0.spawn(square, 7));
         }
     }
+    /// Calls both pools and waits, as a plain thread does, when dropped:
+    /// `apply_blocking` on each, and a `map_blocking`.
+    struct WaitsOnDrop(ProcessPool, ThreadPool, std::sync::mpsc::Sender<Vec<u64>>);
+    impl Drop for WaitsOnDrop {
+        fn drop(&mut self) {
+            let mut got = vec![
+                self.0.apply_blocking(square, 5).unwrap_or(0),
+                self.1.apply_blocking(square, 6).unwrap_or(0),
+            ];
+            got.extend(self.0.map_blocking(square, 1..4).map(|r| r.unwrap_or(0)));
+            let _ = self.2.send(got);
+        }
+    }
     thread_local! {
         static HELD: RefCell<Option<procpool::Task<u64>>> = const { RefCell::new(None) };
         static ON_EXIT: RefCell<Option<SpawnsOnDrop>> = const { RefCell::new(None) };
+        static WAITS_ON_EXIT: RefCell<Option<WaitsOnDrop>> = const { RefCell::new(None) };
     }
 
     let pool = ProcessPool::new(1).unwrap();
+    let threads = ThreadPool::new(1).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (waited_tx, waited) = std::sync::mpsc::channel();
     let thread = {
         let pool = pool.clone();
         std::thread::spawn(move || {
-            // Registered first, so destroyed after the pool's own locals.
+            // Registered first, so destroyed last: after the pool's own
+            // locals and futures' executor's, and after `HELD`'s task has
+            // been dropped (so its worker is free again).
+            WAITS_ON_EXIT.with(|on_exit| {
+                *on_exit.borrow_mut() = Some(WaitsOnDrop(pool.clone(), threads, waited_tx))
+            });
+            // Registered before the pool's own locals, so destroyed after.
             HELD.with(|held| drop(held.borrow()));
             ON_EXIT.with(|on_exit| *on_exit.borrow_mut() = Some(SpawnsOnDrop(pool.clone(), tx)));
+            // The blocking path's locals exist too.
+            assert_eq!(futures::executor::block_on(pool.spawn(square, 1)), Ok(1));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -609,6 +633,12 @@ fn tasks_dropped_and_spawned_while_a_thread_exits() {
         })
     };
     thread.join().expect("the exiting thread panicked");
+    let got = waited.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        got,
+        [25, 36, 1, 4, 9],
+        "blocking calls from a thread's exit"
+    );
     let spawned = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(futures::executor::block_on(spawned), Ok(49));
     // The dropped task's worker was killed and replaced.

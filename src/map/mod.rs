@@ -445,7 +445,7 @@ impl<A, R> Iterator for MapIter<A, R> {
         // decoding); only waiting for a chunk blocks.
         self.map
             .next_ready()
-            .or_else(|| futures::executor::block_on(self.map.next()))
+            .or_else(|| crate::block_on::block_on(self.map.next()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -499,7 +499,7 @@ impl ProcessPool {
             }
             Err(failed) => failed,
         };
-        futures::executor::block_on(task)
+        crate::block_on::block_on(task)
     }
 
     /// Maps `f` over `inputs` in the workers; results come in input order
