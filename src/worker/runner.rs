@@ -372,8 +372,9 @@ impl Runner {
     }
 
     /// Where what a task sends "to the parent" goes (the protocol-fault test
-    /// hooks): a direct job's caller reads only the reply stream. Returns
-    /// whether `job` is direct.
+    /// hooks): a direct job's caller reads only the reply stream, until
+    /// `execute` points it back at the result pipe. Returns whether `job` is
+    /// direct.
     fn route_task_output(&self, job: &JobRef) -> bool {
         match &self.reply {
             Some(reply) if job.route == Route::Reply => {
@@ -414,6 +415,9 @@ impl Runner {
             )
         };
         let ended = std::time::Instant::now();
+        if direct {
+            super::OUTPUT_FD.store(self.output.file.as_raw_fd(), Ordering::Relaxed);
+        }
         Ok((
             ended.duration_since(started).as_nanos() as u64,
             ended,
@@ -431,7 +435,6 @@ impl Runner {
     /// `false` once the job pipe is closed.
     fn catch_up(&mut self, direct: bool, ended: std::time::Instant) -> io::Result<bool> {
         if direct {
-            super::OUTPUT_FD.store(self.output.file.as_raw_fd(), Ordering::Relaxed);
             Ok(true)
         } else if self.jobs.is_empty() || ended.duration_since(self.last_drain) >= DRAIN_INTERVAL {
             self.last_drain = ended;
