@@ -4,20 +4,25 @@
 //! can race without locks and exactly one of them wins:
 //!
 //! ```text
-//!   QUEUED ──try_start(w)──► RUNNING(w) ──complete──► DONE
+//!   QUEUED ──try_start(w)──► RUNNING(w) ──complete──► COMPLETING ──► DONE
 //!     │                          │
 //!     └────────cancel────────────┴──────────────────► CANCELLED
 //! ```
+//!
+//! `complete` claims the task (COMPLETING) before it writes the outcome and
+//! publishes it (DONE) after, so the outcome needs no lock: one writer, then
+//! one reader, the task's owner.
 //!
 //! `RUNNING(w)` carries the index of the worker slot that owns the task, so a
 //! cancellation of a running task is routed to exactly that worker's supervisor,
 //! which then kills the worker process (the parent never guesses which process
 //! runs what).
 
+use std::cell::UnsafeCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
@@ -28,7 +33,9 @@ const QUEUED: usize = 0;
 const RUNNING: usize = 1;
 const DONE: usize = 2;
 const CANCELLED: usize = 3;
-const STATE_BITS: u32 = 2;
+/// The outcome is being written; DONE follows.
+const COMPLETING: usize = 4;
+const STATE_BITS: u32 = 3;
 const STATE_MASK: usize = (1 << STATE_BITS) - 1;
 
 /// Told when a task that a worker is running gets cancelled, so the worker can
@@ -40,13 +47,18 @@ pub(crate) trait CancelHook: Send + Sync {
 
 /// Whatever a task must do while it is polled to get its result: a call on
 /// the process pool's async direct lane reads its worker's reply on the
-/// caller's reactor. It is dropped once it returned `Ready` (the outcome is
-/// then in the task's shared state), or with the task; a task dropped without
-/// being detached is cancelled first.
-pub(crate) trait Driver: Send {
+/// caller's reactor. The task lets go of it once it returned `Ready` (the
+/// outcome is then in the task's shared state); a task that goes away before
+/// that [releases](Driver::release) it, after cancelling itself unless it
+/// was detached.
+pub(crate) trait Driver: Send + Sync {
     /// Makes progress; `Ready` once the outcome is delivered (or handed to
     /// someone else who delivers it).
-    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// The task is gone before the driver returned `Ready`: whatever is left
+    /// must finish without it being polled.
+    fn release(&self);
 }
 
 /// State shared between a [`Task`] and whoever runs it.
@@ -54,8 +66,19 @@ pub(crate) struct Shared<R> {
     state: AtomicUsize,
     waker: AtomicWaker,
     hook: Option<Arc<dyn CancelHook>>,
-    result: Mutex<Option<Result<R, TaskError>>>,
+    /// Written once, by the `complete` that moved the state to COMPLETING,
+    /// before it publishes DONE; after that read only by the task's owner.
+    result: UnsafeCell<Option<Result<R, TaskError>>>,
 }
+
+// SAFETY: the outcome is the only field without its own synchronisation, and
+// the state word orders every access to it: one thread writes it between
+// claiming COMPLETING and publishing DONE (Release), and only the task's
+// owner, through `&mut Task`, reads it once it saw DONE (Acquire). The
+// outcome moves between threads, hence `R: Send`.
+unsafe impl<R: Send> Sync for Shared<R> {}
+// SAFETY: as above; nothing in `Shared` is tied to a thread.
+unsafe impl<R: Send> Send for Shared<R> {}
 
 impl<R> Shared<R> {
     pub(crate) fn new(hook: Option<Arc<dyn CancelHook>>) -> Self {
@@ -63,7 +86,7 @@ impl<R> Shared<R> {
             state: AtomicUsize::new(QUEUED),
             waker: AtomicWaker::new(),
             hook,
-            result: Mutex::new(None),
+            result: UnsafeCell::new(None),
         }
     }
 
@@ -85,24 +108,23 @@ impl<R> Shared<R> {
         self.state.load(Ordering::Acquire) == CANCELLED
     }
 
-    /// True once the task has an outcome or was cancelled: nobody waits on it.
+    /// True once the task has an outcome (or is getting one) or was
+    /// cancelled: nobody waits on it.
     pub(crate) fn is_settled(&self) -> bool {
-        let state = self.state.load(Ordering::Acquire);
-        state & STATE_MASK == DONE || state == CANCELLED
+        is_final(self.state.load(Ordering::Acquire))
     }
 
     /// Delivers the task's outcome. Returns `false` (and drops the value) when
     /// the task was cancelled first or already finished.
     pub(crate) fn complete(&self, outcome: Result<R, TaskError>) -> bool {
-        let mut slot = self.result.lock().unwrap_or_else(|e| e.into_inner());
         let mut current = self.state.load(Ordering::Acquire);
         loop {
-            if current & STATE_MASK == DONE || current == CANCELLED {
+            if is_final(current) {
                 return false;
             }
             match self.state.compare_exchange_weak(
                 current,
-                DONE,
+                COMPLETING,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -110,8 +132,10 @@ impl<R> Shared<R> {
                 Err(actual) => current = actual,
             }
         }
-        *slot = Some(outcome);
-        drop(slot);
+        // SAFETY: moving the state to COMPLETING made this the outcome's one
+        // writer, and nobody reads it before DONE is published below.
+        unsafe { *self.result.get() = Some(outcome) };
+        self.state.store(DONE, Ordering::Release);
         self.waker.wake();
         true
     }
@@ -121,8 +145,8 @@ impl<R> Shared<R> {
     pub(crate) fn cancel(&self) {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
-            let state = current & STATE_MASK;
-            if state == DONE || state == CANCELLED {
+            // (A completing task counts as finished: its outcome is on its way.)
+            if is_final(current) {
                 return;
             }
             match self.state.compare_exchange_weak(
@@ -166,19 +190,25 @@ impl<R> Shared<R> {
         }
     }
 
+    /// The outcome, once there is one. Only the task's owner calls this
+    /// (see `Task::poll`), so it is the outcome's one reader.
     fn try_take(&self) -> Option<Result<R, TaskError>> {
         match self.state.load(Ordering::Acquire) {
+            // SAFETY: DONE, seen with Acquire, means the writer is finished
+            // with the outcome; the owner is its only reader.
             DONE => Some(
-                self.result
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
+                unsafe { (*self.result.get()).take() }
                     .expect("procpool::Task polled after it returned its result"),
             ),
             CANCELLED => Some(Err(TaskError::Cancelled)),
             _ => None,
         }
     }
+}
+
+/// True for a state no task leaves by `complete` or `cancel`.
+fn is_final(state: usize) -> bool {
+    matches!(state & STATE_MASK, DONE | COMPLETING) || state == CANCELLED
 }
 
 /// A handle to a task running in a [`ProcessPool`](crate::ProcessPool) or a
@@ -235,8 +265,7 @@ impl<R> Shared<R> {
 pub struct Task<R> {
     shared: Arc<Shared<R>>,
     detached: bool,
-    /// In a `Mutex` only to keep `Task: Sync`; polling needs `&mut` anyway.
-    driver: Option<Mutex<Box<dyn Driver>>>,
+    driver: Option<Arc<dyn Driver>>,
 }
 
 impl<R> Task<R> {
@@ -250,8 +279,8 @@ impl<R> Task<R> {
 
     /// Has `driver` polled with the task until it is done.
     #[cfg_attr(windows, allow(dead_code))] // (the Unix async lane's)
-    pub(crate) fn drive_with(&mut self, driver: Box<dyn Driver>) {
-        self.driver = Some(Mutex::new(driver));
+    pub(crate) fn drive_with(&mut self, driver: Arc<dyn Driver>) {
+        self.driver = Some(driver);
     }
 
     /// A task that has already failed (for example, the pool was closed).
@@ -348,8 +377,7 @@ impl<R> Future for Task<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(driver) = self.driver.as_mut() {
-            let driver = driver.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(driver) = &self.driver {
             if driver.poll_drive(cx).is_ready() {
                 self.driver = None;
             }
@@ -363,7 +391,10 @@ impl<R> Drop for Task<R> {
         if !self.detached {
             self.shared.cancel();
         }
-        // The driver (a field) drops after this, seeing the cancellation.
+        // After the cancellation, which the driver then sees.
+        if let Some(driver) = self.driver.take() {
+            driver.release();
+        }
     }
 }
 
@@ -371,10 +402,49 @@ impl<R> std::fmt::Debug for Task<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.shared.state.load(Ordering::Acquire) & STATE_MASK {
             QUEUED => "queued",
-            RUNNING => "running",
+            RUNNING | COMPLETING => "running",
             DONE => "finished",
             _ => "cancelled",
         };
         f.debug_struct("Task").field("state", &state).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `complete` racing `abort` and a waiting owner: exactly one wins, the
+    /// owner sees what won, and a delivered outcome is never lost.
+    #[test]
+    fn complete_and_cancel_race_to_one_outcome() {
+        for i in 0..2_000u64 {
+            let shared = Arc::new(Shared::<u64>::new(None));
+            let task = Task::new(shared.clone());
+            let completer = std::thread::spawn(move || shared.complete(Ok(i)));
+            if i % 2 == 0 {
+                task.abort();
+            }
+            let outcome = futures::executor::block_on(task);
+            let delivered = completer.join().unwrap();
+            match outcome {
+                Ok(value) => assert!(delivered && value == i, "round {i}"),
+                Err(TaskError::Cancelled) => assert!(!delivered && i % 2 == 0, "round {i}"),
+                Err(other) => panic!("round {i}: {other:?}"),
+            }
+        }
+    }
+
+    /// A second outcome is refused and dropped; the first stays.
+    #[test]
+    fn only_the_first_outcome_counts() {
+        let shared = Arc::new(Shared::<String>::new(None));
+        let task = Task::new(shared.clone());
+        assert!(shared.complete(Ok("first".into())));
+        assert!(!shared.complete(Ok("second".into())));
+        assert!(!shared.complete(Err(TaskError::PoolClosed)));
+        task.abort(); // finished already: changes nothing
+        assert!(shared.is_settled() && !shared.is_cancelled());
+        assert_eq!(futures::executor::block_on(task).unwrap(), "first");
     }
 }

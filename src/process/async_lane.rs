@@ -22,6 +22,7 @@
 //! without its I/O driver, or a spawn from inside `block_on`, never takes
 //! this lane.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
 use std::ops::Range;
@@ -78,7 +79,7 @@ fn lane_runtime(ctx: &PoolCtx, job: &Job) -> Option<Handle> {
 /// driver that finishes the call (poll it with the task); `Ok(None)`: the job
 /// was handed to the supervisor, which settles it; `Err` gives the job back
 /// untouched.
-pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn Driver>>, Job> {
+pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Arc<dyn Driver>>, Job> {
     let Some(origin) = lane_runtime(ctx, &job) else {
         return Err(job);
     };
@@ -114,7 +115,7 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
     let job_fd = unsafe { BorrowedFd::borrow_raw(loan.job_fd) };
     if crate::pipe_io::write_all(job_fd, exchange.job.frame.bytes()).is_err() {
         drop(watch);
-        exchange.conclude(Err(Failure::Died));
+        exchange.conclude(Err(Failure::Died), None);
         return Ok(None);
     }
     let call = Arc::new(Call {
@@ -125,9 +126,9 @@ pub(crate) fn start(ctx: &Arc<PoolCtx>, mut job: Job) -> Result<Option<Box<dyn D
         }),
         origin,
     });
-    ctx.lanes[idx].set_takeover(Some(call.clone()));
+    ctx.lanes[idx].set_takeover(call.clone());
     ctx.lanes[idx].want_unpolled_watch();
-    Ok(Some(Box::new(Driving(call))))
+    Ok(Some(call))
 }
 
 /// The worker's reply pipe and pidfd, registered with the caller's reactor.
@@ -202,9 +203,11 @@ impl Exchange {
     }
 
     /// Ends the call with the reply frame's body in `buf`, or a failure;
-    /// gives the lane back.
-    fn conclude(self, reply: Result<Range<usize>, Failure>) {
-        self.borrow.lane().set_takeover(None);
+    /// gives the lane back, keeping `watch` there for the next call.
+    fn conclude(self, reply: Result<Range<usize>, Failure>, watch: Option<Box<Watch>>) {
+        self.borrow
+            .lane()
+            .end_call(watch.map(|w| w as Box<dyn Any + Send>));
         let Exchange {
             borrow,
             job,
@@ -247,7 +250,7 @@ impl Exchange {
         if let Err(e) = spawned {
             if let Some(exchange) = cell.lock().ok().and_then(|mut e| e.take()) {
                 let why = format!("no thread to finish a direct call on: {e}");
-                exchange.conclude(Err(Failure::Protocol(why)));
+                exchange.conclude(Err(Failure::Protocol(why)), None);
             }
         }
     }
@@ -283,12 +286,13 @@ impl Exchange {
                 break Err(failure);
             }
         };
-        self.conclude(outcome);
+        self.conclude(outcome, None);
     }
 }
 
-/// A call in progress, shared by the task's [`Driving`] and the lane (whose
-/// supervisor may [take it over](Takeover)).
+/// A call in progress, shared by its task (it is the task's [`Driver`]: it
+/// reads the reply on the caller's reactor) and the lane (whose supervisor
+/// may [take it over](Takeover)).
 struct Call {
     inner: Mutex<Inner>,
     origin: Handle,
@@ -305,9 +309,6 @@ struct Inner {
     stall: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
-/// The task's [`Driver`]: reads the reply on the caller's reactor.
-struct Driving(Arc<Call>);
-
 /// What waiting on the reactor gave.
 enum Step {
     Reply(Result<Range<usize>, Failure>),
@@ -315,19 +316,20 @@ enum Step {
     Move,
 }
 
-impl Driver for Driving {
-    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let call = &*self.0;
-        let mut inner = call.lock();
+impl Driver for Call {
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
         let Some(exchange) = &inner.exchange else {
             return Poll::Ready(()); // ended, or taken over
         };
         let step = if exchange.job.slot.is_cancelled() {
             Step::Reply(Err(Failure::Cancelled))
-        } else if !call.carried_here() {
+        } else if let Some(step) = inner.early_read() {
+            step // (no reactor needed, wherever this runs)
+        } else if !self.carried_here() {
             Step::Move
         } else {
-            match inner.poll_reply(cx, &call.origin) {
+            match inner.poll_reply(cx, &self.origin) {
                 Poll::Ready(step) => step,
                 Poll::Pending => return Poll::Pending,
             }
@@ -335,13 +337,11 @@ impl Driver for Driving {
         inner.end(step);
         Poll::Ready(())
     }
-}
 
-impl Drop for Driving {
-    fn drop(&mut self) {
+    fn release(&self) {
         // A dropped task was cancelled just before (`Task`'s own drop); a
         // detached one still wants its result.
-        self.0.take_over(false);
+        self.take_over(false);
     }
 }
 
@@ -388,29 +388,30 @@ fn inside_blocking_executor() -> bool {
     futures::executor::enter().is_err()
 }
 
-/// At a call's first poll, reads the reply pipe before asking the reactor,
-/// while that keeps finding the reply in (see [`EarlyRead`]): that saves a
-/// turn of the reactor (an `epoll_wait`). `None`: wait for the reactor.
-fn early_read(exchange: &mut Exchange, watch: &mut Watch) -> Option<Step> {
-    if std::mem::replace(&mut exchange.polled, true) {
-        return None;
-    }
-    watch
-        .early_read
-        .try_read(|| exchange.read())
-        .map(Step::Reply)
-}
-
 impl Inner {
+    /// At a call's first poll, reads the reply pipe before asking the
+    /// reactor, while that keeps finding the reply in (see [`EarlyRead`]):
+    /// that saves a turn of the reactor (an `epoll_wait`). `None`: wait for
+    /// the reactor.
+    fn early_read(&mut self) -> Option<Step> {
+        let (Some(exchange), Some(watch)) = (self.exchange.as_mut(), self.watch.as_mut()) else {
+            return None;
+        };
+        if std::mem::replace(&mut exchange.polled, true) {
+            return None;
+        }
+        watch
+            .early_read
+            .try_read(|| exchange.read())
+            .map(Step::Reply)
+    }
+
     /// Reads what the reply pipe has; `Pending` (with the waker registered)
     /// until the whole frame is in, or the worker exited.
     fn poll_reply(&mut self, cx: &mut Context<'_>, origin: &Handle) -> Poll<Step> {
         let (Some(exchange), Some(watch)) = (self.exchange.as_mut(), self.watch.as_mut()) else {
             return Poll::Ready(Step::Move);
         };
-        if let Some(step) = early_read(exchange, watch) {
-            return Poll::Ready(step);
-        }
         if let Some(exited) = &watch.exited {
             match exited.poll_read_ready(cx) {
                 // What it wrote before it died still counts.
@@ -475,13 +476,13 @@ impl Inner {
         let Some(exchange) = self.exchange.take() else {
             return;
         };
-        // An answered worker serves on: keep the registration for the next
-        // call (the lane is still ours until the exchange concludes).
-        if let (Some(watch), Step::Reply(Ok(_))) = (watch, &step) {
-            exchange.borrow.lane().park(watch);
-        }
         match step {
-            Step::Reply(reply) => exchange.conclude(reply),
+            // An answered worker serves on: its registration is kept for the
+            // next call.
+            Step::Reply(reply) => {
+                let keep = watch.filter(|_| reply.is_ok());
+                exchange.conclude(reply, keep);
+            }
             Step::Move => exchange.finish_elsewhere(),
         }
     }

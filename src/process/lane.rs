@@ -92,16 +92,24 @@ pub(crate) struct Lane {
     done: AtomicU64,
     /// A job whose worker failed, handed back for the supervisor to settle.
     handback: Mutex<Option<Handback>>,
-    /// While an async borrower holds the lane: how the supervisor makes it
-    /// finish without being polled (see [`Takeover`]).
-    takeover: Mutex<Option<Arc<dyn Takeover>>>,
-    /// What an async borrower keeps for the next one (its registration with
-    /// a reactor); only a borrower touches it.
-    parked: Mutex<Option<Box<dyn Any + Send>>>,
+    /// The async borrowers' side of the lane (one lock for both, as a call
+    /// ends: it clears one and fills the other).
+    calls: Mutex<AsyncCalls>,
     /// Whether the supervisor watches for async calls nobody polls (see
     /// [`super::unpolled`]), and how a borrower asks it to.
     watching_unpolled: AtomicBool,
     watch_unpolled: Notify,
+}
+
+/// What async borrowers leave in the lane.
+#[derive(Default)]
+struct AsyncCalls {
+    /// While an async borrower holds the lane: how the supervisor makes it
+    /// finish without being polled (see [`Takeover`]).
+    takeover: Option<Arc<dyn Takeover>>,
+    /// What an async borrower keeps for the next one (its registration with
+    /// a reactor).
+    parked: Option<Box<dyn Any + Send>>,
 }
 
 /// An async borrower's call is finished by whoever polls its task; when the
@@ -166,8 +174,7 @@ impl Default for Lane {
             budget: AtomicU64::new(0),
             done: AtomicU64::new(0),
             handback: Mutex::new(None),
-            takeover: Mutex::new(None),
-            parked: Mutex::new(None),
+            calls: Mutex::default(),
             watching_unpolled: AtomicBool::new(false),
             watch_unpolled: Notify::new(),
         }
@@ -272,8 +279,9 @@ impl Lane {
     /// Which async call holds the lane (the address of its [`Takeover`]),
     /// if one does.
     pub(crate) fn takeover_id(&self) -> Option<usize> {
-        let takeover = self.takeover.lock().unwrap_or_else(|e| e.into_inner());
-        takeover
+        let calls = self.calls();
+        calls
+            .takeover
             .as_ref()
             .map(|t| Arc::as_ptr(t).cast::<()>() as usize)
     }
@@ -304,11 +312,7 @@ impl Lane {
 
     /// Has an async borrower's call finished elsewhere (see [`Takeover`]).
     pub(crate) fn take_over(&self, cancelled_only: bool) {
-        let takeover = self
-            .takeover
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let takeover = self.calls().takeover.clone();
         if let Some(takeover) = takeover {
             takeover.take_over(cancelled_only);
         }
@@ -339,8 +343,11 @@ impl Lane {
 
     /// Takes an open lane (`true`); `false` if it is closed or lent.
     pub(crate) fn try_borrow(&self) -> bool {
+        // (Sequentially consistent for `want_unpolled_watch`, which pairs with
+        // `stop_unpolled_watch`; on x86 and AArch64 it costs what `Acquire`
+        // does.)
         self.state
-            .compare_exchange(OPEN, LENT, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(OPEN, LENT, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok()
     }
 
@@ -355,37 +362,59 @@ impl Lane {
         }
     }
 
+    // (`answered` and `spend` load and store, with no read-modify-write:
+    // while the lane is lent only its borrower writes these counters, and
+    // the supervisor writes them only with the lane closed.)
+
     /// Job `seq` was answered: the next one is `seq + 1`.
     pub(crate) fn answered(&self, seq: u64) {
         self.seq.store(seq + 1, Ordering::Relaxed);
-        self.done.fetch_add(1, Ordering::Relaxed);
+        let done = self.done.load(Ordering::Relaxed);
+        self.done.store(done + 1, Ordering::Relaxed);
     }
 
     /// Spends one job of the worker's budget: `true` while some is left.
     pub(crate) fn spend(&self) -> bool {
-        self.budget.fetch_sub(1, Ordering::Relaxed) > 1
+        let left = self.budget.load(Ordering::Relaxed);
+        self.budget.store(left.saturating_sub(1), Ordering::Relaxed);
+        left > 1
     }
 
-    /// Keeps `what` for the lane's next borrower. Only while borrowed.
-    pub(crate) fn park(&self, what: Box<dyn Any + Send>) {
-        *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
-    }
-
-    /// Takes what a previous borrower kept. Only while borrowed.
+    /// Takes what a previous borrower kept (see [`end_call`](Self::end_call)),
+    /// or the supervisor drops it.
     pub(crate) fn unpark(&self) -> Option<Box<dyn Any + Send>> {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.calls().parked.take()
     }
 
-    /// Set by an async borrower while its call runs.
-    pub(crate) fn set_takeover(&self, takeover: Option<Arc<dyn Takeover>>) {
-        *self.takeover.lock().unwrap_or_else(|e| e.into_inner()) = takeover;
+    /// Set by an async borrower once its call runs. Only while borrowed.
+    pub(crate) fn set_takeover(&self, takeover: Arc<dyn Takeover>) {
+        self.calls().takeover = Some(takeover);
+    }
+
+    /// An async borrower's call ends: there is nothing left to take over, and
+    /// `keep` (if any) is kept for the lane's next borrower. Only while
+    /// borrowed.
+    pub(crate) fn end_call(&self, keep: Option<Box<dyn Any + Send>>) {
+        let mut calls = self.calls();
+        calls.takeover = None;
+        if keep.is_some() {
+            calls.parked = keep;
+        }
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, AsyncCalls> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An async borrower's task may stop being polled (awaited inside a
     /// blocking executor, say) while its reply waits: asks the supervisor to
     /// watch for that, waking it only if it is not watching already.
+    ///
+    /// No fence is needed: the borrow (`try_borrow`) and the load below are
+    /// sequentially consistent, as are the supervisor's store and load in
+    /// `stop_unpolled_watch`, so of the two loads at least one sees the other
+    /// side's write.
     pub(crate) fn want_unpolled_watch(&self) {
-        fence(Ordering::SeqCst);
         // (A load first: the common case, a watch on already, writes nothing.)
         if !self.watching_unpolled.load(Ordering::SeqCst)
             && !self.watching_unpolled.swap(true, Ordering::SeqCst)
