@@ -5,13 +5,15 @@
 //!
 //! ```text
 //!   QUEUED ──try_start(w)──► RUNNING(w) ──complete──► COMPLETING ──► DONE
-//!     │                          │
+//!     │                          │                        ▲
+//!     ├───────complete (fails before it ran, say) ────────┘
 //!     └────────cancel────────────┴──────────────────► CANCELLED
 //! ```
 //!
 //! `complete` claims the task (COMPLETING) before it writes the outcome and
 //! publishes it (DONE) after, so the outcome needs no lock: one writer, then
-//! one reader, the task's owner.
+//! one reader, the task's owner (each `Shared` has exactly one [`Task`]: only
+//! [`Task::with_shared`] makes either).
 //!
 //! `RUNNING(w)` carries the index of the worker slot that owns the task, so a
 //! cancellation of a running task is routed to exactly that worker's supervisor,
@@ -74,14 +76,15 @@ pub(crate) struct Shared<R> {
 // SAFETY: the outcome is the only field without its own synchronisation, and
 // the state word orders every access to it: one thread writes it between
 // claiming COMPLETING and publishing DONE (Release), and only the task's
-// owner, through `&mut Task`, reads it once it saw DONE (Acquire). The
+// owner, through `&mut Task`, reads it once it saw DONE (Acquire). There is
+// one owner: `Task::with_shared` makes each `Shared` with its one `Task`. The
 // outcome moves between threads, hence `R: Send`.
 unsafe impl<R: Send> Sync for Shared<R> {}
 // SAFETY: as above; nothing in `Shared` is tied to a thread.
 unsafe impl<R: Send> Send for Shared<R> {}
 
 impl<R> Shared<R> {
-    pub(crate) fn new(hook: Option<Arc<dyn CancelHook>>) -> Self {
+    fn new(hook: Option<Arc<dyn CancelHook>>) -> Self {
         Shared {
             state: AtomicUsize::new(QUEUED),
             waker: AtomicWaker::new(),
@@ -134,6 +137,8 @@ impl<R> Shared<R> {
         }
         // SAFETY: moving the state to COMPLETING made this the outcome's one
         // writer, and nobody reads it before DONE is published below.
+        // (Nothing here may panic or return early: the task would stay
+        // COMPLETING for ever. The assignment only drops a `None`.)
         unsafe { *self.result.get() = Some(outcome) };
         self.state.store(DONE, Ordering::Release);
         self.waker.wake();
@@ -206,7 +211,8 @@ impl<R> Shared<R> {
     }
 }
 
-/// True for a state no task leaves by `complete` or `cancel`.
+/// True once `complete` claimed the task (COMPLETING, DONE) or it was
+/// cancelled: no other `complete` or `cancel` changes it any more.
 fn is_final(state: usize) -> bool {
     matches!(state & STATE_MASK, DONE | COMPLETING) || state == CANCELLED
 }
@@ -269,25 +275,31 @@ pub struct Task<R> {
 }
 
 impl<R> Task<R> {
-    pub(crate) fn new(shared: Arc<Shared<R>>) -> Self {
-        Task {
-            shared,
+    /// A new task, and the state through which it gets its outcome (for the
+    /// job that runs it). The only way to make either: a task is its state's
+    /// one reader (see `Shared`).
+    pub(crate) fn with_shared(hook: Option<Arc<dyn CancelHook>>) -> (Self, Arc<Shared<R>>) {
+        let shared = Arc::new(Shared::new(hook));
+        let task = Task {
+            shared: shared.clone(),
             detached: false,
             driver: None,
-        }
+        };
+        (task, shared)
     }
 
     /// Has `driver` polled with the task until it is done.
     #[cfg_attr(windows, allow(dead_code))] // (the Unix async lane's)
     pub(crate) fn drive_with(&mut self, driver: Arc<dyn Driver>) {
+        debug_assert!(self.driver.is_none(), "a task has one driver");
         self.driver = Some(driver);
     }
 
     /// A task that has already failed (for example, the pool was closed).
     pub(crate) fn failed(error: TaskError) -> Self {
-        let shared = Arc::new(Shared::new(None));
+        let (task, shared) = Task::with_shared(None);
         shared.complete(Err(error));
-        Task::new(shared)
+        task
     }
 
     /// Lets the task run to completion without anyone waiting for it; its result
@@ -402,7 +414,8 @@ impl<R> std::fmt::Debug for Task<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.shared.state.load(Ordering::Acquire) & STATE_MASK {
             QUEUED => "queued",
-            RUNNING | COMPLETING => "running",
+            RUNNING => "running",
+            COMPLETING => "finishing",
             DONE => "finished",
             _ => "cancelled",
         };
@@ -419,8 +432,7 @@ mod tests {
     #[test]
     fn complete_and_cancel_race_to_one_outcome() {
         for i in 0..2_000u64 {
-            let shared = Arc::new(Shared::<u64>::new(None));
-            let task = Task::new(shared.clone());
+            let (task, shared) = Task::<u64>::with_shared(None);
             let completer = std::thread::spawn(move || shared.complete(Ok(i)));
             if i % 2 == 0 {
                 task.abort();
@@ -438,8 +450,7 @@ mod tests {
     /// A second outcome is refused and dropped; the first stays.
     #[test]
     fn only_the_first_outcome_counts() {
-        let shared = Arc::new(Shared::<String>::new(None));
-        let task = Task::new(shared.clone());
+        let (task, shared) = Task::<String>::with_shared(None);
         assert!(shared.complete(Ok("first".into())));
         assert!(!shared.complete(Ok("second".into())));
         assert!(!shared.complete(Err(TaskError::PoolClosed)));

@@ -9,7 +9,6 @@ use futures::Stream;
 use crate::map::{Map, MapIter, ThreadChunks};
 use crate::queue::{PushError, Queue};
 use crate::stats::{Counters, PoolStats};
-use crate::task::Shared;
 use crate::{panic_info, Error, Task, TaskError, TrySpawnError};
 
 /// A queued call: run it (`true`) or fail it because the pool was terminated
@@ -409,8 +408,7 @@ impl ThreadPool {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let shared = Arc::new(Shared::<R>::new(None));
-        let slot = shared.clone();
+        let (task, slot) = Task::<R>::with_shared(None);
         let counters = self.handle.counters.clone();
         let queued_at = Instant::now();
         let job: Job = Box::new(move |run| {
@@ -438,7 +436,7 @@ impl ThreadPool {
             }
             slot.complete(outcome);
         });
-        (job, Task::new(shared))
+        (job, task)
     }
 
     /// Runs `f(args)` and blocks this thread until it finishes (for plain

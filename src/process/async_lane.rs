@@ -189,7 +189,7 @@ struct Exchange {
     reply_fd: RawFd,
     pid_fd: RawFd,
     buf: Vec<u8>,
-    /// Whether the call's task was polled yet (see [`early_read`]).
+    /// Whether the call's task was polled yet (see [`Inner::early_read`]).
     polled: bool,
 }
 

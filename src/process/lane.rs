@@ -52,7 +52,7 @@ use std::os::fd::RawFd;
 /// (No direct lane on Windows; the type only keeps this module compiling.)
 #[cfg(not(unix))]
 type RawFd = i32;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -302,7 +302,6 @@ impl Lane {
     /// sees the borrow.
     pub(crate) fn stop_unpolled_watch(&self) -> bool {
         self.watching_unpolled.store(false, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
         if self.state.load(Ordering::SeqCst) & LENT != 0 {
             self.watching_unpolled.store(true, Ordering::SeqCst);
             return false;
@@ -343,9 +342,8 @@ impl Lane {
 
     /// Takes an open lane (`true`); `false` if it is closed or lent.
     pub(crate) fn try_borrow(&self) -> bool {
-        // (Sequentially consistent for `want_unpolled_watch`, which pairs with
-        // `stop_unpolled_watch`; on x86 and AArch64 it costs what `Acquire`
-        // does.)
+        // (Sequentially consistent: `want_unpolled_watch` relies on it to pair
+        // with `stop_unpolled_watch`. On x86 it costs what `Acquire` does.)
         self.state
             .compare_exchange(OPEN, LENT, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok()

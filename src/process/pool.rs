@@ -23,7 +23,7 @@ use crate::func_ref::FnRef;
 use crate::map::{Map, MapIter, ProcessChunks};
 use crate::queue::PushError;
 use crate::stats::PoolStats;
-use crate::task::{CancelHook, Shared};
+use crate::task::CancelHook;
 #[cfg(doc)]
 use crate::ProcessPoolBuilder;
 use crate::{wire, CodecStage, Task, TaskError, TrySpawnError};
@@ -288,13 +288,13 @@ impl ProcessPool {
             let _ = ENCODING.try_with(|cell| cell.set(buf));
         }
         let frame = encoded.map_err(Task::failed)?;
-        let shared = Arc::new(Shared::<R>::new(Some(self.handle.hook.clone())));
+        let (task, shared) = Task::<R>::with_shared(Some(self.handle.hook.clone()));
         let job = Job {
             frame,
-            slot: shared.clone(),
+            slot: shared,
             queued_at: job::NOT_QUEUED,
         };
-        Ok((job, Task::new(shared)))
+        Ok((job, task))
     }
 
     /// A task entered the queue: an elastic pool with no idle worker starts one.
