@@ -14,12 +14,14 @@
 //! small VMs a wake-up that has to reach an idle vCPU costs a random 10 to
 //! 300 µs, so only ratios taken in the same run mean much. The round trip is
 //! measured twice, free-running and with everything pinned to one CPU (which
-//! leaves the CPU cost alone and is far steadier). Python's pools are measured
-//! by `scripts/python_peers.py`, run as a child process after the Rust peers
-//! with the same map sizes (skipped, with a note, when `python3` is missing);
-//! most of its time goes to fib(38) down to fib(1) in pure Python. The header
-//! says how much CPU other processes took during the run; above 10% the
-//! figures are suspect.
+//! leaves the CPU cost alone and is far steadier); `apply().await` against
+//! `apply_blocking` on two CPUs is measured a third time, paired (both calls
+//! alternated on each fresh pool, so both meet the same placement). Python's
+//! pools are measured by `scripts/python_peers.py`, run as a child process
+//! after the Rust peers with the same map sizes (skipped, with a note, when
+//! `python3` is missing); most of its time goes to fib(38) down to fib(1) in
+//! pure Python. The header says how much CPU other processes took during the
+//! run; above 10% the figures are suspect.
 //!
 //! procspawn re-executes this binary and needs `procspawn::init()` first thing
 //! in `main`; procpool needs no setup call.
@@ -316,6 +318,51 @@ fn round_trip(cfg: &Config, pinned: bool) -> Option<RoundTrip> {
         rayon: t[6],
         procspawn: t[7],
     })
+}
+
+/// The two-CPU round trip of `apply().await` against `apply_blocking`
+/// measured paired: on each fresh pool the two calls alternate batch by
+/// batch, so both meet the same placement of caller and worker, which
+/// otherwise moves either figure far more than the calls differ.
+struct Paired {
+    pools: usize,
+    /// Each pool's median async batch over its median blocking batch.
+    ratios: Vec<f64>,
+}
+
+/// Batches of each call per pool in [`paired_round_trip`].
+const PAIRED_BATCHES: usize = 5;
+
+fn paired_round_trip(cfg: &Config) -> Paired {
+    eprintln!("measuring: apply round trip, both calls alternated on each pool");
+    let (pools, calls) = if cfg.quick { (3, 100) } else { (15, 400) };
+    let ratios = (0..pools)
+        .map(|_| {
+            let pool = procpool::ProcessPool::new(1).expect("process pool");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let blocking = || {
+                black_box(pool.apply_blocking(square, black_box(3)).expect("task"));
+            };
+            let awaited = || {
+                black_box(rt.block_on(pool.apply(square, black_box(3))).expect("task"));
+            };
+            time_n(WARM_CALLS, || {
+                blocking();
+                awaited();
+            });
+            let (mut b, mut a) = (Vec::new(), Vec::new());
+            for _ in 0..PAIRED_BATCHES {
+                b.push(time_n(calls, blocking).as_secs_f64());
+                a.push(time_n(calls, awaited).as_secs_f64());
+            }
+            pool.terminate();
+            median(a) / median(b)
+        })
+        .collect();
+    Paired { pools, ratios }
 }
 
 /// Figures measured for 10,000 small tasks (seconds per task).
@@ -821,6 +868,7 @@ struct Measured {
     bulk_pinned: Option<(f64, f64, f64)>,
     /// Pool start: (ProcessPool, procspawn) seconds.
     start: (f64, f64),
+    paired: Paired,
 }
 
 /// Collects the rows of the comparison table.
@@ -1339,13 +1387,28 @@ fn print_speed_targets(m: &Measured) {
     );
 }
 
+/// What the paired measurement found (see [`Paired`]).
+fn paired_figures(p: &Paired) -> String {
+    let mut sorted = p.ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    match (sorted.first(), sorted.last()) {
+        (Some(low), Some(high)) => format!(
+            "; paired, both calls alternated on each of {} fresh pools: median {:.2}× \
+             ({low:.2}× to {high:.2}×)",
+            p.pools,
+            median(sorted.clone())
+        ),
+        _ => String::new(),
+    }
+}
+
 /// The second speed issue's targets (the async path, many tasks, large
 /// payloads, tiny uniform map items), from the same run's figures.
 fn print_speed2_targets(m: &Measured, maps: &Maps) {
     let mut targets = Vec::new();
-    let mut push = |what: String, ours: f64, peer: f64, met: bool| {
+    let mut push = |what: String, ours: f64, peer: f64, met: bool, more: &str| {
         let value = format!(
-            "{} against {}, {:.2}×",
+            "{} against {}, {:.2}×{more}",
             fmt_time(ours),
             fmt_time(peer),
             ours / peer
@@ -1358,6 +1421,7 @@ fn print_speed2_targets(m: &Measured, maps: &Maps) {
             rt.process_async,
             rt.raw_pipe,
             rt.process_async <= 1.5 * rt.raw_pipe,
+            "",
         ),
         None => println!(
             "
@@ -1370,6 +1434,7 @@ fn print_speed2_targets(m: &Measured, maps: &Maps) {
         rt.process_async,
         rt.process,
         rt.process_async <= rt.process,
+        &paired_figures(&m.paired),
     );
     let s = &m.small;
     push(
@@ -1379,6 +1444,7 @@ fn print_speed2_targets(m: &Measured, maps: &Maps) {
         s.process,
         s.spawn_blocking,
         s.process <= s.spawn_blocking,
+        "",
     );
     let (pipe, process, fresh, bytes) = m.bulk;
     let mib = bytes >> 20;
@@ -1482,6 +1548,7 @@ fn main() {
     let (pipe, process, fresh) = bulk(&cfg, false).expect("unpinned bulk round trip");
     let bulk_pinned = bulk(&cfg, true);
     let start = pool_start(&cfg);
+    let paired = paired_round_trip(&cfg);
     let measured = Measured {
         round_trip: free,
         pinned,
@@ -1489,6 +1556,7 @@ fn main() {
         bulk: (pipe, process, fresh, cfg.big_bytes),
         bulk_pinned,
         start,
+        paired,
     };
     let maps = maps(&cfg);
     let python = Python::run(&cfg);
